@@ -3,13 +3,20 @@
 The table has one row per run with N (non-embedding parameters), D_fp, D_qat, D_total (tokens), B
 (bits; 16 = full precision, no QAT), fusion, loss (final validation loss of the quantized model)
 and the tokens per parameter byte S_total, S_fp, S_qat = D / (N·B/8).
+
+Export an experiment's FINISHED runs to a file that `read_table` (and every CLI's --csv) reads back:
+
+    python -m analysis.collect --experiment NAME [--tracking-uri URI] --out runs.csv
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +32,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _PARAMS = {"n_params": "N", "tokens_fp": "D_fp", "tokens_qat": "D_qat", "bits": "B"}
 _LOSS_METRIC = "final/val_loss"
 _FP_LOSS_METRIC = "fp/val_loss"
+# Columns kept as text when a file is read back (a hex run id can look like a number: "1e5...").
+TEXT_COLUMNS = ("run_id", "run_key", "model", "seed")
 _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -112,7 +121,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise AnalysisError(f"runs file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
     elif suffix in (".parquet", ".pq"):
         df = pd.read_parquet(path)
     else:
@@ -129,6 +138,13 @@ def _number(run_id: str, kind: str, name: str, values: dict) -> float:
         raise AnalysisError(
             f"run {run_id}: {kind} {name}={values[name]!r} is not a number"
         ) from None
+
+
+def _fraction(run_id: str, nominal: str | None, row: dict) -> float:
+    """The run's configured QAT fraction, else D_qat / D_total when the param is absent."""
+    if nominal is None:
+        return row["D_qat"] / (row["D_fp"] + row["D_qat"])
+    return _number(run_id, "param", "qat_frac", {"qat_frac": nominal})
 
 
 def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
@@ -156,7 +172,13 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
             row = {col: _number(rid, "param", p, params) for p, col in _PARAMS.items()}
             row["loss"] = _number(rid, "metric", _LOSS_METRIC, metrics)
             row["fp_loss"] = metrics.get(_FP_LOSS_METRIC, math.nan)
-            row["fusion"] = _bool(params.get("fusion", "False"), f"run {rid}")
+            fused = _bool(params.get("fusion", "False"), f"run {rid}")
+            # An FP-only run has no QAT phase to fuse and no fraction, whatever its config said
+            # (the trainer's run key ignores both); otherwise the configured fraction, of which
+            # D_qat / D_total is the value rounded to whole optimizer steps.
+            fp_only = row["B"] >= 16.0 or row["D_qat"] <= 0
+            row["fusion"] = fused and not fp_only
+            row["qat_frac"] = 0.0 if fp_only else _fraction(rid, params.get("qat_frac"), row)
             row["run_id"] = rid
             row["run_key"] = run.data.tags.get("run_key", "")
             row["model"] = params.get("model.name", "")
@@ -190,3 +212,47 @@ def load_runs(
                 raise
             log.warning("%s; using %s instead", e, csv)
     return read_table(csv), f"file:{csv}"
+
+
+def export(experiment: str, out: str | Path, tracking_uri: str | None = None) -> pd.DataFrame:
+    """Write the FINISHED runs of `experiment` to `out` (.csv or .parquet); returns the table.
+
+    The file holds every column of `from_mlflow` and reads back with `read_table` to the same
+    table (the loss to the last bit: CSV floats are written with 17 significant digits).
+    """
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise AnalysisError(f"output {str(out)!r}: suffix {suffix!r}; allowed: .csv, .parquet")
+    runs = from_mlflow(experiment, tracking_uri)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        runs.to_csv(out, index=False, float_format="%.17g")
+    else:
+        runs.to_parquet(out, index=False)
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m analysis.collect",
+        description="Export the FINISHED runs of an MLflow experiment to a runs table file.",
+    )
+    ap.add_argument("--experiment", required=True, help="MLflow experiment holding the grid")
+    ap.add_argument(
+        "--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    )
+    ap.add_argument("--out", required=True, type=Path, help="runs file to write (.csv/.parquet)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        runs = export(args.experiment, args.out, args.tracking_uri)
+    except AnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log.info("wrote %d runs to %s", len(runs), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

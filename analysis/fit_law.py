@@ -3,8 +3,9 @@
     python -m analysis.fit_law [--experiment NAME | --csv FILE] [--law qat|chinchilla]
         [--tracking-uri URI] [--starts N] [--bootstrap N] --out DIR
 
-Writes DIR/law.json, DIR/residuals.csv, DIR/plots/*.png|pdf and DIR/summary.md, and logs them as
-a run of the MLflow experiment `analysis` at the same tracking URI.
+Writes DIR/law.json, DIR/residuals.csv, DIR/plots/*.png|pdf and DIR/law.md (the report), and logs
+them as a run of the MLflow experiment `analysis` at the same tracking URI. The report is law.md,
+not summary.md, so that `analysis.mini` (which writes the same law files) can share DIR.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -26,6 +28,7 @@ from analysis.law import LAWS
 from analysis.report import write_report
 
 ANALYSIS_EXPERIMENT = "analysis"
+REPORT_NAME = "law.md"
 log = logging.getLogger("analysis.fit_law")
 
 
@@ -60,6 +63,38 @@ def log_to_mlflow(result: FitResult, out: Path, source: str, tracking_uri: str |
     return rid
 
 
+def fit_and_report(
+    runs: pd.DataFrame,
+    source: str,
+    out: Path,
+    law: str = "qat",
+    *,
+    starts: int | None = None,
+    delta: float = DEFAULT_DELTA,
+    bootstrap: int = 0,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Fit `law` to `runs` and write law.json, residuals.csv, plots/ and law.md under `out`.
+
+    The one path from runs to these files: `make fit-law` and `analysis.mini` both call it, so
+    the same runs and settings give the same files.
+    """
+    result = fit(
+        runs,
+        law,
+        starts=starts,
+        delta=delta,
+        bootstrap=bootstrap,
+        seed=seed,
+        workers=workers,
+        progress=progress,
+    )
+    write_report(result, runs, out, source, REPORT_NAME)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m analysis.fit_law", description="Fit a scaling law to a grid of runs."
@@ -83,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         runs, source = load_runs(args.experiment, args.csv, args.tracking_uri)
         log.info("%d runs from %s", len(runs), source)
-        result = fit(
+        result = fit_and_report(
             runs,
+            source,
+            args.out,
             args.law,
             starts=args.starts,
             delta=args.delta,
@@ -93,13 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             progress=True,
         )
-        write_report(result, runs, args.out, source)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     f = result.fitted
     log.info("fitted %s law on %d points: R² = %.5f", f.law.name, f.n_points, f.r2)
-    log.info("wrote %s", args.out / "summary.md")
+    log.info("wrote %s", args.out / REPORT_NAME)
     if not args.no_mlflow:
         rid = log_to_mlflow(result, args.out, source, args.tracking_uri)
         log.info("logged MLflow run %s to experiment %r", rid, ANALYSIS_EXPERIMENT)

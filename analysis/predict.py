@@ -127,12 +127,24 @@ def fraction_table(
     return pd.DataFrame(rows)
 
 
-def empirical_optima(runs: pd.DataFrame, min_fractions: int = 3) -> pd.DataFrame:
+def same_budget(d_total: pd.Series) -> pd.Series:
+    """D_total rounded to 9 significant digits: one value per budget, for grouping runs."""
+    return d_total.map(lambda d: float(f"{d:.9g}"))
+
+
+def empirical_optima(
+    runs: pd.DataFrame, min_fractions: int = 3, fusion: bool | None = False
+) -> pd.DataFrame:
     """Per (N, D_total, B) cell with >= `min_fractions` QAT fractions: the fraction of lowest loss.
 
     Takes a table from `analysis.collect`; returns N, D_total, B, S_total, qat_frac, loss, n_fracs.
+    `fusion`: the pipeline whose runs count (False: classic, True: fused, None: both mixed).
     """
-    q = runs[(runs.B < FP_BITS) & (runs.D_qat > 0)].assign(qat_frac=lambda d: d.D_qat / d.D_total)
+    q = runs[(runs.B < FP_BITS) & (runs.D_qat > 0)]
+    if fusion is not None and "fusion" in q:
+        q = q[q.fusion.astype(bool) == fusion]
+    # D_total to 9 digits: D_fp + D_qat of one budget can differ in the last bits across fractions.
+    q = q.assign(qat_frac=q.D_qat / q.D_total, D_total=same_budget(q.D_total))
     rows = []
     for (n, d, b), g in q.groupby(["N", "D_total", "B"]):
         fracs = g.qat_frac.round(6).nunique()

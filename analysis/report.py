@@ -26,8 +26,10 @@ from analysis.predict import (
 
 
 def _qat_figures(result: FitResult, runs: pd.DataFrame) -> tuple[dict, list[str]]:
-    """The qat law's figures and the summary lines about them."""
+    """The qat law's figures and the summary lines about them (classic-pipeline runs only)."""
     fitted, used = result.fitted, result.residuals
+    if "fusion" in runs:
+        runs = runs[~runs.fusion.astype(bool)]
     n_ref = float(used.N.max())
     bits = sorted(used.B.unique())
     tpp = used.D_total / used.N
@@ -91,8 +93,14 @@ def _qat_figures(result: FitResult, runs: pd.DataFrame) -> tuple[dict, list[str]
     return figs, lines
 
 
-def write_report(result: FitResult, runs: pd.DataFrame, out: str | Path, source: str) -> list[Path]:
-    """Write the fit's files under `out`; returns their paths."""
+def write_report(
+    result: FitResult,
+    runs: pd.DataFrame,
+    out: str | Path,
+    source: str,
+    summary_name: str = "summary.md",
+) -> list[Path]:
+    """Write the fit's files under `out` (the markdown report as `summary_name`); returns them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fitted = result.fitted
@@ -139,6 +147,6 @@ def write_report(result: FitResult, runs: pd.DataFrame, out: str | Path, source:
         "law.json, residuals.csv, " + ", ".join(f"plots/{n}.png" for n in figs) + " (and .pdf)",
         "",
     ]
-    (out / "summary.md").write_text("\n".join(lines), "utf-8")
-    written.append(out / "summary.md")
+    (out / summary_name).write_text("\n".join(lines), "utf-8")
+    written.append(out / summary_name)
     return written

@@ -86,6 +86,31 @@ def qat_grid(
     return df
 
 
+def fused_grid(
+    params: Mapping[str, float] = TRUE_QAT_PARAMS,
+    sizes: Sequence[float] = SIZES,
+    bits: Sequence[float] = BITS,
+    tokens_per_param: Sequence[float] = TOKENS_PER_PARAM,
+    fractions: Sequence[float] = (0.1, 0.2, 0.3),
+    fp_gain: float = 0.1,
+    noise: float = 0.002,
+    seed: int = 1,
+) -> pd.DataFrame:
+    """Fused-pipeline runs (fusion=True) of the cells of `qat_grid`, from a known fusion effect.
+
+    Fusing the FP cooldown into QAT is modelled as FP tokens that count `fp_gain` more: the fused
+    loss is the qat law's at D_fp·(1 + fp_gain) (same D_fp, D_qat and D_total columns as the
+    classic cell). `fp_gain` > 0 makes fusion better, < 0 worse, 0 equal up to the noise.
+    """
+    if not fp_gain > -1:
+        raise ValueError(f"fp_gain={fp_gain}; must be > -1")
+    df = qat_grid(params, sizes, bits, tokens_per_param, fractions, noise=0.0, fp_rows=False)
+    df["loss"] = QAT.loss(params, df.N, df.D_fp * (1 + fp_gain), df.D_qat, df.B)
+    df["fusion"] = True
+    df["loss"] = _noisy(df["loss"].to_numpy(), noise, np.random.default_rng(seed))
+    return df
+
+
 def chinchilla_grid(
     params: Mapping[str, float] = CHINCHILLA_PARAMS,
     sizes: Sequence[float] = (4e7, 1e8, 3e8, 1e9, 3e9, 1e10),

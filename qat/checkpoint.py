@@ -53,13 +53,26 @@ def save_checkpoint(
     keep: int,
 ) -> Checkpoint:
     """Write a complete checkpoint for ``tokens`` seen, then prune all but the newest ``keep``."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir / str(tokens)
-    tmp = checkpoint_dir / f".tmp-{tokens}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = staging_dir(checkpoint_dir, tokens, f"-{os.getpid()}")
     torch.save(model.state_dict(), tmp / MODEL_FILE)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    return commit_checkpoint(tmp, tokens, state, keep)
+
+
+def staging_dir(checkpoint_dir: Path, tokens: int, suffix: str = "") -> Path:
+    """An empty hidden folder to write a checkpoint into (complete only once committed)."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoint_dir / f".tmp-{tokens}{suffix}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def commit_checkpoint(tmp: Path, tokens: int, state: dict[str, Any], keep: int) -> Checkpoint:
+    """Add the RNG and state files to a staged checkpoint, mark it complete, rename it into
+    place and prune all but the newest ``keep`` (pinned checkpoints stay)."""
+    checkpoint_dir = tmp.parent
+    final = checkpoint_dir / str(tokens)
     torch.save(_rng_state(), tmp / RNG_FILE)
     (tmp / STATE_FILE).write_text(json.dumps({"tokens": tokens, **state}, indent=2))
     (tmp / COMPLETE_MARKER).write_text("")

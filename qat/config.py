@@ -82,6 +82,10 @@ class TrainerConfig:
     ckpt_every_frac: float = 0.25  # checkpoint every this fraction of the run (plus the QAT switch)
     keep_checkpoints: int = 2
     progress: bool = True
+    # trainer=deepspeed only: ZeRO stage, and micro-steps per optimizer step. Neither changes
+    # the science: data.batch_size stays the global batch, split over ranks and micro-steps.
+    zero_stage: int = 0
+    grad_accum: int = 1
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run_dir: str = "runs"
     trunk: str = "share"  # share: branch from a shared FP trunk checkpoint; off: train it all
+    # (the YAML default "auto" resolves to share for trainer=torch and off for deepspeed)
 
     @property
     def is_fp_only(self) -> bool:
@@ -141,7 +146,7 @@ class RunConfig:
             fusion=_parse_bool(tree.pop("fusion"), "fusion"),
             seed=_parse_int(tree.pop("seed"), "seed"),
             run_dir=str(tree.pop("run_dir", "runs")),
-            trunk=str(tree.pop("trunk", "share")),
+            trunk=_resolve_trunk(tree.pop("trunk", "auto"), kwargs.get("trainer")),
             **kwargs,
         )
         tree.pop("grid", None)  # grids only shape the sweep
@@ -181,7 +186,19 @@ class RunConfig:
         _require(o.lr > 0, f"optim.lr={o.lr} > 0")
         _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} >= 0")
         _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} >= 0 (0 disables)")
-        _require(t.backend == "torch", f"trainer.backend={t.backend!r} is one of: torch")
+        _require(
+            t.backend in ("torch", "deepspeed"),
+            f"trainer.backend={t.backend!r} is one of: torch, deepspeed",
+        )
+        _require(t.zero_stage in (0, 1, 2), f"trainer.zero_stage={t.zero_stage} is one of 0, 1, 2")
+        _require(t.grad_accum >= 1, f"trainer.grad_accum={t.grad_accum} >= 1")
+        if t.backend == "torch":
+            _require(t.grad_accum == 1, "trainer.grad_accum=1 with trainer=torch (use deepspeed)")
+        else:
+            # A trunk is extended by whichever single process needs it first; a multi-process
+            # cell cannot hand that job to one rank, so DeepSpeed cells train their own prefix.
+            _require(self.trunk == "off", "trunk=off (or auto) with trainer=deepspeed")
+            _require(not t.compile, "trainer.compile=false with trainer=deepspeed")
         _require(
             t.precision in ("auto", "fp32", "bf16"),
             f"trainer.precision={t.precision!r} is one of: auto, fp32, bf16",
@@ -273,6 +290,13 @@ def _build_section(section_cls: type, key: str, values: Any) -> Any:
         return section_cls(**coerced)
     except TypeError as error:
         raise ConfigError(f"config group '{key}': {error}") from None
+
+
+def _resolve_trunk(value: Any, trainer: TrainerConfig | None) -> str:
+    if str(value) != "auto":
+        return str(value)
+    backend = trainer.backend if trainer is not None else "torch"
+    return "off" if backend == "deepspeed" else "share"
 
 
 def _parse_bits(value: Any) -> float:

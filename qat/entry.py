@@ -34,7 +34,7 @@ def run_cell(cfg: DictConfig) -> float | None:
         return None
     if result.skipped and not result.run_id:
         return None  # another live job holds the cell
-    if not result.skipped:
+    if not result.skipped and result.run_id:  # ranks > 0 of a DeepSpeed cell track nothing
         fp = f"{result.fp_val_loss:.4f}" if result.fp_val_loss is not None else "-"
         print(
             f"[{result.run_key}] {overrides or 'defaults'}: fp/val_loss={fp} "
@@ -53,14 +53,9 @@ def _configure_slurm_job() -> None:
         return
     from qat import preemption
 
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        # The torch backend trains a cell in one process; several tasks would train it twice.
-        raise ConfigError(
-            f"this job has {os.environ['SLURM_NTASKS']} tasks but trainer=torch runs one "
-            "process per cell: set hydra.launcher.tasks_per_node=1 and nodes=1"
-        )
-
     preemption.install()
+    # A job of several tasks is one DeepSpeed cell (qat.distributed reads its rank from SLURM);
+    # trainer=torch refuses it in qat.train.run.
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and not os.environ.get("OMP_NUM_THREADS"):
         import torch

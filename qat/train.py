@@ -42,32 +42,60 @@ class RunResult:
 
 def run(config: RunConfig) -> RunResult:
     """Train one grid cell to completion (or skip it if its key is already FINISHED)."""
-    key = config.run_key
+    if config.trainer.backend == "deepspeed":
+        from qat.deepspeed_trainer import run_deepspeed
+
+        return run_deepspeed(config)
+    refuse_several_processes(config)
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
-    finished = tracker.finished_run(key)
-    if finished is not None:
-        print(f"[{key}] already FINISHED as MLflow run {finished.info.run_id}: skipping")
-        metrics = finished.data.metrics
-        return RunResult(
-            key, finished.info.run_id, True, metrics[FINAL_METRIC], metrics.get("fp/val_loss")
-        )
-    run_dir = Path(config.run_dir) / key
+    done = finished_result(config, tracker)
+    if done is not None:
+        return done
+    run_dir = Path(config.run_dir) / config.run_key
     claim = Claim(run_dir)
     try:
         claim.acquire()
     except CellBusy as busy:
-        print(f"[{key}] {busy}: skipping")
-        return RunResult(key, "", True, float("nan"), None)
+        print(f"[{config.run_key}] {busy}: skipping")
+        return RunResult(config.run_key, "", True, float("nan"), None)
     try:
-        return _run_claimed(config, tracker, run_dir, claim)
+        trainer = Trainer(config, load_data(config), run_dir / "checkpoints")
+        trainer.claim = claim
+        return train_and_track(trainer, tracker, run_dir)
     finally:
         claim.release()
 
 
-def _run_claimed(config: RunConfig, tracker: Tracker, run_dir: Path, claim: Claim) -> RunResult:
+def finished_result(config: RunConfig, tracker: Tracker) -> RunResult | None:
+    """The cell's result if its run key is already FINISHED in the store, else None."""
     key = config.run_key
-    trainer = Trainer(config, load_data(config), run_dir / "checkpoints")
-    trainer.claim = claim
+    finished = tracker.finished_run(key)
+    if finished is None:
+        return None
+    print(f"[{key}] already FINISHED as MLflow run {finished.info.run_id}: skipping")
+    metrics = finished.data.metrics
+    return RunResult(
+        key, finished.info.run_id, True, metrics[FINAL_METRIC], metrics.get("fp/val_loss")
+    )
+
+
+def refuse_several_processes(config: RunConfig) -> None:
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    if world > 1:
+        # The torch backend trains a cell in one process; several would train it twice.
+        raise ConfigError(
+            f"{world} processes were launched but trainer=torch runs one process per cell: "
+            "use trainer=deepspeed, or launch one process (SLURM: tasks_per_node=1, nodes=1)"
+        )
+
+
+def train_and_track(trainer: Trainer, tracker: Tracker, run_dir: Path) -> RunResult:
+    """Train a claimed cell, logging to MLflow and metrics.jsonl; the MLflow run ends FINISHED
+    only when training ended, FAILED on an error, KILLED on Ctrl-C or a requeue."""
+    config = trainer.config
+    key = config.run_key
     id_file = run_dir / "mlflow_run_id"
     hint = id_file.read_text().strip() if id_file.exists() else None
     run_id = tracker.open_run(key, _run_name(config), hint)
@@ -176,7 +204,7 @@ class Trainer:
         """``resume``: True = the newest checkpoint in ``checkpoint_dir``; or one; or None."""
         self.config = config
         self.checkpoint_dir = checkpoint_dir
-        self.device = _resolve_device(config.trainer.device)
+        self.device = self._pick_device()
         self.autocast_dtype = _autocast_dtype(config.trainer.precision, self.device)
         self.plan: PhasePlan = plan_phases(config)
         self.schedule = LrSchedule(self.plan, config.schedule)
@@ -184,7 +212,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = Transformer(config.model, data.vocab_size).to(self.device)
         self.n_params, self.n_params_total = count_parameters(self.model)
-        self.optimizer = build_optimizer(self.model, config.optim)
+        self.optimizer = self._build_optimizer()
         self.loader = TokenLoader(
             data.train_path, config.data.batch_size, config.data.seq_len, config.seed
         )
@@ -202,12 +230,35 @@ class Trainer:
                     "trainer.compile=true with the reference fake-quant on a GPU trains wrongly; "
                     "use quant.kernel=cuda (needs nvcc) or trainer.compile=false"
                 )
-        self.step_fn = torch.compile(self.model) if config.trainer.compile else self.model
+        self.step_fn = self._wrap_model()
         if resume is True:
             resume = latest_checkpoint(checkpoint_dir)
         if isinstance(resume, Checkpoint):
             self.load(resume)
             print(f"[{config.run_key}] resuming from {resume.path} (step {self.step})")
+
+    # Hooks that trainer=deepspeed overrides (qat.deepspeed_trainer).
+    def _pick_device(self) -> torch.device:
+        return _resolve_device(self.config.trainer.device)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.model, self.config.optim)
+
+    def _wrap_model(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return torch.compile(self.model) if self.config.trainer.compile else self.model
+
+    def _stop_requested(self) -> bool:
+        return preemption.requested()
+
+    world_size = 1  # processes training this cell together
+
+    def _reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum ``values`` over all processes of the cell (one process: as they are)."""
+        return values
+
+    def _evaluates(self, batch_index: int) -> bool:
+        """Whether this process evaluates validation batch ``batch_index``."""
+        return True
 
     @property
     def tokens_seen(self) -> int:
@@ -259,7 +310,7 @@ class Trainer:
                     self._log_window(window, lr, sinks, progress)
                 if periodic or pinned:
                     self._save(pinned=pinned)
-                if preemption.requested():  # SLURM asked us to stop: save, then let it requeue
+                if self._stop_requested():  # SLURM asked us to stop: save, then let it requeue
                     self._save(pinned=pinned)
                     preemption.hand_over()
         progress.close()
@@ -268,6 +319,7 @@ class Trainer:
         self, window: _Window, lr: float, sinks: list[MetricSink], progress: Any
     ) -> None:
         mean_loss, speed = window.flush(self.plan.tokens_per_step)
+        mean_loss = self._reduce_sum([mean_loss])[0] / self.world_size
         if not math.isfinite(mean_loss):
             raise TrainingError(
                 f"training loss is {mean_loss} at step {self.step} "
@@ -319,7 +371,9 @@ class Trainer:
         total, count = 0.0, 0
         self.model.eval()
         batches = eval_batches(self.data.val_path, data.batch_size, data.seq_len, data.eval_tokens)
-        for x, y in batches:
+        for index, (x, y) in enumerate(batches):
+            if not self._evaluates(index):
+                continue
             with self._autocast():
                 logits = self.step_fn(x.to(self.device))
             loss = torch.nn.functional.cross_entropy(
@@ -328,6 +382,7 @@ class Trainer:
             total += loss.item()
             count += y.numel()
         self.model.train()
+        total, count = self._reduce_sum([total, float(count)])
         value = total / count
         if not math.isfinite(value):
             raise TrainingError(f"validation loss is {value} at {self.tokens_seen} tokens")
@@ -347,6 +402,7 @@ class Trainer:
             "fp_val_loss": self.fp_val_loss,
             "loader": self.loader.state_dict(),
             "pinned": pinned,
+            "backend": "torch",
         }
         return save_checkpoint(
             self.checkpoint_dir,
@@ -359,6 +415,7 @@ class Trainer:
 
     def load(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state()
+        check_backend(checkpoint, state, "torch")
         if state["quantized"] and not self.quantized:
             self._quantize()
         self.model.load_state_dict(checkpoint.model_state())
@@ -367,6 +424,15 @@ class Trainer:
         checkpoint.restore_rng()
         self.step = int(state["step"])
         self.fp_val_loss = state["fp_val_loss"]
+
+
+def check_backend(checkpoint: Checkpoint, state: dict[str, Any], backend: str) -> None:
+    written_by = state.get("backend", "torch")
+    if written_by != backend:
+        raise TrainingError(
+            f"checkpoint {checkpoint.path} was written by trainer={written_by}, not {backend}: "
+            f"resume with trainer={written_by}, or move the run folder away to start over"
+        )
 
 
 def global_rank() -> int:
@@ -390,6 +456,7 @@ def _log_setup(
         tokens_qat=plan.tokens_qat,
         tokens_total=plan.tokens_total,
         data_fingerprint=trainer.data.fingerprint,
+        world_size=trainer.world_size,
     )
     tracker.log_params(run_id, params)
     config_path = run_dir / "config.yaml"

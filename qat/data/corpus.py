@@ -3,6 +3,8 @@
 A source is one of:
 
 * ``"bundled"`` — the public-domain / CC BY-SA text shipped by the packages in ``BUNDLED_PACKAGES``;
+* ``"bundled-large"`` — the bundled text plus the documentation and dictionaries that the Debian
+  packages in ``DEBIAN_PACKAGES`` ship (fetched with ``python -m qat.data.debian``);
 * a path to a file, or to a folder searched recursively in sorted path order (hidden files and
   folders skipped), of ``*.txt`` / ``*.md`` files (one document each, or several separated by a
   line holding only ``<|endoftext|>``), ``*.jsonl`` files (one object with a ``"text"`` string
@@ -12,17 +14,30 @@ A source is one of:
 """
 
 import importlib.util
+import itertools
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from qat.data.bundled import BUNDLED_PACKAGES, check_bundled, iter_bundled
+from qat.data.debian import DEBIAN_PACKAGES, check_debian, iter_debian
 from qat.data.errors import DataError
 from qat.data.text import tidy
 from qat.data.tokenizer import EOT
 
-__all__ = ["BUNDLED_PACKAGES", "SUFFIXES", "check_source", "iter_documents"]
+__all__ = [
+    "BUNDLED_LARGE",
+    "BUNDLED_PACKAGES",
+    "DEBIAN_PACKAGES",
+    "SUFFIXES",
+    "check_source",
+    "iter_documents",
+]
+
+BUNDLED_LARGE = "bundled-large"
+# Literal sources that name a packaged corpus rather than a path.
+PACKAGED_SOURCES = ("bundled", BUNDLED_LARGE)
 
 SUFFIXES = (".txt", ".md", ".jsonl", ".json")
 _DOC_SEPARATOR = re.compile(rf"^{re.escape(EOT)}[ \t]*$", re.MULTILINE)
@@ -32,6 +47,10 @@ def check_source(source: str) -> None:
     """DataError unless ``source`` is something :func:`iter_documents` can read; reads nothing."""
     if source == "bundled":
         check_bundled()
+        return
+    if source == BUNDLED_LARGE:
+        check_bundled()
+        check_debian()
         return
     if source.startswith("hf:"):
         _parse_hf(source)
@@ -45,7 +64,8 @@ def check_source(source: str) -> None:
         raise DataError(f"file {path} has suffix {path.suffix!r}; allowed: {', '.join(SUFFIXES)}")
     if not path.exists():
         raise DataError(
-            f"source {source!r} is not 'bundled', 'hf:<dataset>[:split[:field]]' "
+            f"source {source!r} is not 'bundled', '{BUNDLED_LARGE}', "
+            "'hf:<dataset>[:split[:field]]' "
             "or an existing file or folder"
         )
 
@@ -55,6 +75,8 @@ def iter_documents(source: str) -> Iterator[str]:
     check_source(source)
     if source == "bundled":
         return iter_bundled()
+    if source == BUNDLED_LARGE:
+        return itertools.chain(iter_bundled(), iter_debian())
     if source.startswith("hf:"):
         return _hf_documents(source)
     path = Path(source).expanduser()

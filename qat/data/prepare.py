@@ -1,6 +1,7 @@
 """Prepare a dataset folder: tokenizer, train/validation token shards and meta.json.
 
     python -m qat.data.prepare --source bundled --out data_cache/bundled-v8192 --vocab-size 8192
+    python -m qat.data.prepare --source bundled-large --vocab-size 4096 --max-train-tokens 12000000
 
 The folder appears complete or not at all: it is built in a hidden temporary sibling and renamed
 into place, with meta.json written last. Concurrent prepares of one folder serialise on an
@@ -29,7 +30,8 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from qat.data.bundled import BUNDLED_PACKAGES
-from qat.data.corpus import check_source, iter_documents
+from qat.data.corpus import BUNDLED_LARGE, PACKAGED_SOURCES, check_source, iter_documents
+from qat.data.debian import DEBIAN_PACKAGES
 from qat.data.errors import DataError
 from qat.data.info import (
     META_FILE,
@@ -44,6 +46,7 @@ from qat.data.split import check_val_fraction, is_validation
 from qat.data.tokenizer import (
     check_vocab_size,
     encode_documents,
+    eot_id,
     save_tokenizer,
     train_tokenizer,
 )
@@ -55,30 +58,35 @@ __all__ = ["DatasetInfo", "default_data_dir", "main", "prepare"]
 FORMAT_VERSION = 1
 _ENCODE_CHUNK = 512  # documents per encode_batch call: big enough to use every core
 _HASH_CHUNK = 1 << 20
+# The tokenizer trains on at most about this many bytes of training text: all of it for corpora
+# up to this size (the bundled one), else a deterministic sample of whole documents.
+TOKENIZER_SAMPLE_BYTES = 32_000_000
 
 
 def canonical_source(source: str) -> str:
     """The source as recorded in meta.json: paths made absolute so the cwd does not matter."""
-    if source == "bundled" or source.startswith("hf:"):
+    if source in PACKAGED_SOURCES or source.startswith("hf:"):
         return source
     return str(Path(source).expanduser().resolve())
 
 
-def default_data_dir(source: str, vocab_size: int) -> Path:
-    """``<root>/<slug>-v<vocab_size>``, root being ``$QAT_DATA_DIR`` or ``./data_cache``.
+def default_data_dir(source: str, vocab_size: int, max_train_tokens: int | None = None) -> Path:
+    """``<root>/<slug>-v<vocab_size>``, root being ``$QAT_DATA_DIR`` or ``./data_cache``;
+    ``-t<max_train_tokens>`` is appended for a capped train shard.
 
-    Sources other than "bundled" get a short hash of their canonical form in the slug, so two
-    folders that share a name do not share a cache entry.
+    Sources other than "bundled" and "bundled-large" get a short hash of their canonical form in
+    the slug, so two folders that share a name do not share a cache entry.
     """
     root = Path(os.environ.get("QAT_DATA_DIR") or "data_cache")
     canonical = canonical_source(source)
-    if canonical == "bundled":
-        slug = "bundled"
+    if canonical in PACKAGED_SOURCES:
+        slug = canonical
     else:
         name = canonical if canonical.startswith("hf:") else Path(canonical).name
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
         slug = f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-') or 'data'}-{digest}"
-    return root / f"{slug}-v{vocab_size}"
+    cap = "" if max_train_tokens is None else f"-t{max_train_tokens}"
+    return root / f"{slug}-v{vocab_size}{cap}"
 
 
 def prepare(
@@ -87,25 +95,35 @@ def prepare(
     vocab_size: int = 8192,
     val_fraction: float = 0.02,
     seed: int = 0,
+    max_train_tokens: int | None = None,
 ) -> DatasetInfo:
     """Build (or find already built) the dataset of ``source`` in ``out_dir``.
 
     ``seed`` salts the document hash that decides the train/validation split.
+    ``max_train_tokens`` caps the train shard: whole training documents are taken in a
+    seed-salted hash order while they fit, then written in corpus order (the tokenizer and the
+    validation shard are those of the uncapped dataset).
     """
     out_dir = Path(out_dir)
     check_vocab_size(vocab_size)
     id_dtype(vocab_size)  # rejects vocabularies too large for the shard header
     check_val_fraction(val_fraction)
-    check_source(source)  # before anything is created on disk
+    if max_train_tokens is not None and (
+        not isinstance(max_train_tokens, int) or max_train_tokens < 2
+    ):
+        raise DataError(f"max_train_tokens {max_train_tokens!r} must be an integer >= 2 or None")
     request = {
         "format_version": FORMAT_VERSION,
         "source": canonical_source(source),
         "vocab_size": vocab_size,
         "val_fraction": val_fraction,
         "seed": seed,
+        # None (no cap) also matches folders made before the option existed, which lack the key.
+        "max_train_tokens": max_train_tokens,
     }
     if (info := _existing(out_dir, request)) is not None:
-        return info
+        return info  # built already: the source need not be here (shards carried to a GPU node)
+    check_source(source)  # before anything is created on disk
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out_dir):
         # Another process may have built it while this one waited for the lock.
@@ -176,38 +194,99 @@ def _build(source: str, build_dir: Path, request: dict[str, Any]) -> None:
             "(add documents, separate them with <|endoftext|> lines, or change val_fraction)"
         )
     # Trained on training text only, so nothing about validation leaks into the vocabulary.
-    tokenizer = train_tokenizer(train_docs, vocab_size)
+    sample = tokenizer_sample(train_docs)
+    tokenizer = train_tokenizer(sample, vocab_size)
     save_tokenizer(tokenizer, build_dir / TOKENIZER_FILE)
-    n_train = _write_tokens(tokenizer, train_docs, build_dir / TRAIN_FILE, vocab_size)
-    n_val = _write_tokens(tokenizer, val_docs, build_dir / VAL_FILE, vocab_size)
+    cap = request["max_train_tokens"]
+    n_train, n_train_docs = _write_tokens(
+        tokenizer, train_docs, build_dir / TRAIN_FILE, vocab_size, cap, seed
+    )
+    n_val, n_val_docs = _write_tokens(tokenizer, val_docs, build_dir / VAL_FILE, vocab_size)
     meta = {
         **request,
         "tokenizer_vocab_size": tokenizer.get_vocab_size(),
+        "tokenizer_train_docs": len(sample),
+        "tokenizer_train_bytes": sum(len(d.encode()) for d in sample),
         "n_train_tokens": n_train,
         "n_val_tokens": n_val,
-        "n_train_docs": len(train_docs),
-        "n_val_docs": len(val_docs),
+        "n_train_docs": n_train_docs,
+        "n_val_docs": n_val_docs,
+        "n_train_docs_uncapped": len(train_docs),
         "fingerprint": _fingerprint(build_dir),
         "created_with": {"qat.data": FORMAT_VERSION, "tokenizers": tokenizers.__version__},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if source == "bundled":
+    if source in PACKAGED_SOURCES:
         meta["bundled_packages"] = {p.name: p.version for p in BUNDLED_PACKAGES}
+    if source == BUNDLED_LARGE:
+        meta["debian_packages"] = {p.name: p.version for p in DEBIAN_PACKAGES}
     # Written last: its presence is what marks the folder complete.
     (build_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-def _write_tokens(tokenizer: Tokenizer, docs: Sequence[str], path: Path, vocab_size: int) -> int:
+def _hash_fraction(salt: str, text: str) -> float:
+    return int.from_bytes(hashlib.sha256(f"{salt}\0{text}".encode()).digest()[:8], "big") / 2**64
+
+
+def tokenizer_sample(docs: Sequence[str], max_bytes: int = TOKENIZER_SAMPLE_BYTES) -> list[str]:
+    """The documents the tokenizer trains on: all if they total ``max_bytes`` or less, else
+    those whose text hash falls below ``max_bytes / total`` (about ``max_bytes``), in order.
+
+    Depends only on the texts, so it is the same on every run and machine.
+    """
+    total = sum(len(d.encode()) for d in docs)
+    if total <= max_bytes:
+        return list(docs)
+    fraction = max_bytes / total
+    return [d for d in docs if _hash_fraction("tokenizer", d) < fraction]
+
+
+def _write_tokens(
+    tokenizer: Tokenizer,
+    docs: Sequence[str],
+    path: Path,
+    vocab_size: int,
+    max_tokens: int | None = None,
+    seed: int = 0,
+) -> tuple[int, int]:
+    """Write the shard of ``docs`` (capped at ``max_tokens``); (tokens, documents) written."""
     dtype = id_dtype(vocab_size)  # convert chunk by chunk: int64 ids of it all would be 4x larger
-    parts = []
+    parts: list[np.ndarray] = []
     with tqdm(total=len(docs), desc=f"tokenizing {path.stem}", unit="doc") as progress:
         for start in range(0, len(docs), _ENCODE_CHUNK):
             chunk = docs[start : start + _ENCODE_CHUNK]
-            parts.append(encode_documents(tokenizer, chunk).astype(dtype))
+            if max_tokens is None:
+                parts.append(encode_documents(tokenizer, chunk).astype(dtype))
+            else:  # one array per document, to pick whole documents below
+                end = eot_id(tokenizer)
+                encodings = tokenizer.encode_batch_fast(list(chunk), add_special_tokens=False)
+                parts.extend(np.array([*e.ids, end], dtype=dtype) for e in encodings)
             progress.update(len(chunk))
-    ids = np.concatenate(parts)
+    n_docs = len(docs)
+    if max_tokens is not None:
+        chosen = _fit_documents(docs, [p.size for p in parts], max_tokens, seed)
+        parts = [parts[i] for i in chosen]
+        n_docs = len(chosen)
+    ids = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
     write_shard(path, ids, vocab_size)
-    return int(ids.size)
+    return int(ids.size), n_docs
+
+
+def _fit_documents(docs: Sequence[str], sizes: Sequence[int], budget: int, seed: int) -> list[int]:
+    """Indices (in corpus order) of the documents taken, in seed-salted hash order, while they fit.
+
+    The order is a deterministic shuffle, so a capped shard samples every source of the corpus
+    rather than its first ones.
+    """
+    order = sorted(range(len(docs)), key=lambda i: (_hash_fraction(f"{seed}\0cap", docs[i]), i))
+    chosen, total = [], 0
+    for i in order:
+        if total + sizes[i] <= budget:
+            chosen.append(i)
+            total += sizes[i]
+    if not chosen:
+        raise DataError(f"max_train_tokens {budget} is smaller than every training document")
+    return sorted(chosen)
 
 
 def _fingerprint(build_dir: Path) -> str:
@@ -223,16 +302,25 @@ def _fingerprint(build_dir: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qat.data.prepare", description=__doc__)
-    parser.add_argument("--source", default="bundled", help="bundled, a file/folder, or hf:NAME")
+    parser.add_argument(
+        "--source", default="bundled", help="bundled, bundled-large, a file/folder, or hf:NAME"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: see default_data_dir)")
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--val-fraction", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-train-tokens",
+        type=int,
+        help="cap the train shard at this many tokens (whole documents, deterministic sample)",
+    )
     args = parser.parse_args(argv)
-    out = args.out or default_data_dir(args.source, args.vocab_size)
+    out = args.out or default_data_dir(args.source, args.vocab_size, args.max_train_tokens)
     start = time.perf_counter()
     try:
-        info = prepare(args.source, out, args.vocab_size, args.val_fraction, args.seed)
+        info = prepare(
+            args.source, out, args.vocab_size, args.val_fraction, args.seed, args.max_train_tokens
+        )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

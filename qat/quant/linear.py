@@ -36,6 +36,9 @@ class QuantLinear(nn.Module):
         self.scale = nn.Parameter(init_scale(weight, fmt).to(weight.device))
         self.fmt = fmt
         self.kernel = kernel
+        # False: a plain Linear that already owns its scale (engines such as DeepSpeed fix the
+        # parameter set at start-up, so QAT cells create the scales early and switch them on).
+        self.active = True
 
     @classmethod
     def from_linear(
@@ -50,10 +53,13 @@ class QuantLinear(nn.Module):
         self.scale.copy_(init_scale(self.weight, self.fmt))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.active:
+            return F.linear(x, self.weight, self.bias)
         return F.linear(x, fake_quant(self.weight, self.scale, self.fmt, self.kernel), self.bias)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, format={self.fmt.name}, kernel={self.kernel}"
+            + ("" if self.active else ", inactive")
         )

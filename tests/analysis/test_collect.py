@@ -140,3 +140,26 @@ def test_missing_or_empty_experiments(mlflow_store, tmp_path):
         load_runs("nope")
     with pytest.raises(AnalysisError, match="no runs source"):
         load_runs()
+
+
+def test_export_cli_round_trips_an_mlflow_experiment(mlflow_store, tmp_path):
+    from analysis.collect import main
+
+    client = MlflowClient(mlflow_store)
+    exp = client.create_experiment("mini")
+    classic = small_grid()
+    fused = classic[(classic.B < 16)].iloc[:4].assign(fusion=True, loss=lambda d: d.loss - 0.01)
+    fp_marked_fused = classic[classic.B >= 16].iloc[:1].assign(fusion=True)  # config said fused
+    log_runs(client, exp, pd.concat([classic, fused, fp_marked_fused], ignore_index=True))
+    out = tmp_path / "runs.csv"
+    code = main(["--experiment", "mini", "--tracking-uri", mlflow_store, "--out", str(out)])
+    assert code == 0
+    direct = from_mlflow("mini", mlflow_store)
+    back = read_table(out)
+    assert list(back.columns) == list(direct.columns)
+    pd.testing.assert_frame_equal(back, direct, check_dtype=False)
+    assert back.fusion.sum() == 4  # the FP-only run is never fused
+    q = back[back.B < 16]
+    np.testing.assert_allclose(q.qat_frac, q.D_qat / q.D_total, rtol=1e-6)
+    assert (back.qat_frac[back.B >= 16] == 0).all()
+    assert main(["--experiment", "nope", "--out", str(out)]) == 2

@@ -56,7 +56,7 @@ def test_fit_law_from_csv_end_to_end(tmp_path, monkeypatch):
     for name in QAT_PLOTS:
         for ext in ("png", "pdf"):
             assert (tmp_path / "fit" / "plots" / f"{name}.{ext}").stat().st_size > 1000
-    summary = (tmp_path / "fit" / "summary.md").read_text("utf-8")
+    summary = (tmp_path / "fit" / "law.md").read_text("utf-8")
     assert "# Law fit: qat" in summary and "a = " in summary
 
     [run] = analysis_runs(uri)
@@ -64,7 +64,7 @@ def test_fit_law_from_csv_end_to_end(tmp_path, monkeypatch):
     assert run.data.params["law"] == "qat" and run.data.params["source"] == "file:grid.csv"
     assert run.data.metrics["r2"] == pytest.approx(law.r2)
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
-    assert {"law.json", "summary.md", "plots", "residuals.csv"} <= artifacts
+    assert {"law.json", "law.md", "plots", "residuals.csv"} <= artifacts
 
 
 def test_fit_law_from_an_mlflow_experiment(mlflow_store, tmp_path):

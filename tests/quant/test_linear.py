@@ -35,6 +35,15 @@ def test_extra_repr():
     )
 
 
+def test_inactive_is_the_plain_linear():
+    linear = nn.Linear(8, 4)
+    x = torch.randn(5, 8)
+    q = QuantLinear.from_linear(linear, 2, kernel="reference")
+    assert not torch.equal(q(x), linear(x))  # 2-bit rounding changes the output
+    q.active = False
+    assert torch.equal(q(x), linear(x)) and repr(q).endswith("inactive)")
+
+
 def test_bad_kernel_and_bits():
     with pytest.raises(QuantConfigError, match="kernel='gpu' is unknown"):
         QuantLinear.from_linear(nn.Linear(8, 4), 4, kernel="gpu")

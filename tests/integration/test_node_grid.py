@@ -1,0 +1,51 @@
+"""python -m qat.node_grid: a grid split into sub-grids over parallel workers (CPU here), stopped
+at a deadline and finished by running the same command again."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.integration.conftest import VOCAB, runs, train_env
+
+GRID = [
+    "grid=smoke",
+    "bits=16,2,4",
+    "qat_frac=0.25,0.5",
+    "tokens=100K",
+    f"data.vocab_size={VOCAB}",
+    "data.eval_tokens=16384",
+]
+
+
+def node_grid(workdir, data_root, *extra: str):
+    return subprocess.run(
+        [sys.executable, "-m", "qat.node_grid", *GRID, "--gpus", "0", *extra],
+        cwd=workdir,
+        env=train_env(workdir, data_root),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_deadline_then_rerun_finishes_every_cell_once(tmp_path, data_root):
+    stopped = node_grid(tmp_path, data_root, "--workers-per-gpu", "2", "--deadline", "12")
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    assert "left in" in stopped.stdout
+    assert not any(
+        r.info.status == "FINISHED" and "final/val_loss" not in r.data.metrics
+        for r in runs(tmp_path)
+    )
+
+    done = node_grid(tmp_path, data_root, "--workers-per-gpu", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 sub-grids done, 0 failed, 0 left" in done.stdout
+    finished = [r for r in runs(tmp_path) if r.info.status == "FINISHED"]
+    # FP once (bits=16 ignores qat_frac) + 2 bit widths × 2 fractions, each exactly once.
+    assert len(finished) == 5
+    assert len({r.data.tags["run_key"] for r in finished}) == 5
+
+    again = node_grid(tmp_path, data_root, "--workers-per-gpu", "1")
+    assert again.returncode == 0
+    assert len([r for r in runs(tmp_path) if r.info.status == "FINISHED"]) == 5
