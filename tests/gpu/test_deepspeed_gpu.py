@@ -11,13 +11,7 @@ import pytest
 import torch
 
 from tests.integration.conftest import runs, train
-from tests.integration.test_deepspeed import (
-    losses,
-    torchrun,
-    torchrun_command,
-    torchrun_env,
-)
-from tests.integration.test_resume import wait_for_checkpoint
+from tests.integration.test_deepspeed import kill_torchrun_after_the_switch, losses, torchrun
 
 pytestmark = [
     pytest.mark.gpu,
@@ -76,22 +70,7 @@ def test_zero2_on_two_gpus_ends_within_one_percent_of_one_gpu(one_gpu, two_gpus)
 
 
 def test_killed_zero2_run_resumes(tmp_path, data_dir, two_gpus):
-    import subprocess
-
-    import psutil
-
-    proc = subprocess.Popen(
-        torchrun_command(*ZERO2),
-        cwd=tmp_path,
-        env=torchrun_env(tmp_path, data_dir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    wait_for_checkpoint(tmp_path, quantized=True, proc=proc)
-    for worker in psutil.Process(proc.pid).children(recursive=True):
-        worker.kill()
-    proc.kill()
-    proc.wait()
+    kill_torchrun_after_the_switch(tmp_path, data_dir, *ZERO2)
     (run,) = runs(tmp_path)
     assert run.info.status == "RUNNING"
     resumed = torchrun(tmp_path, data_dir, *ZERO2)
@@ -101,3 +80,22 @@ def test_killed_zero2_run_resumes(tmp_path, data_dir, two_gpus):
     print(f"final/val_loss: uninterrupted {two_gpus[0]:.4f}, resumed {final:.4f}")
     assert fp == pytest.approx(two_gpus[1], rel=1e-3)
     assert final == pytest.approx(two_gpus[0], rel=0.01)
+
+
+def test_engine_forward_runs_in_bf16(tmp_path, data_dir):
+    # Without its torch_autocast section the engine turns an outer CUDA autocast off and the
+    # model trains in fp32 (4.8x slower on an H200: docs/benchmarks.md).
+    from qat import distributed
+    from qat.deepspeed_trainer import DeepSpeedTrainer
+    from qat.grid import expand_grid
+    from qat.train import load_data
+
+    (config,) = expand_grid(
+        ["trainer=deepspeed", "model=mini-s", "data=bundled-large", "bits=4", f"run_dir={tmp_path}"]
+    )
+    dist = distributed.setup("cuda")
+    trainer = DeepSpeedTrainer(config, load_data(config), tmp_path / "ck", dist)
+    inputs, _ = trainer.loader.next_batch()
+    with trainer._autocast():
+        logits = trainer.engine(inputs[:2].to(trainer.device))
+    assert logits.dtype == torch.bfloat16

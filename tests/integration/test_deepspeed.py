@@ -167,21 +167,26 @@ def test_the_scales_start_from_the_switch_weights_and_train(zero2_run):
         assert (trained[name] - initial).abs().max().item() > 1e-3, f"{name} did not train"
 
 
-def test_killed_after_the_switch_resumes_to_the_same_loss(tmp_path, data_root, zero2_run):
-    overrides = (*DEEPSPEED, "trainer.zero_stage=2")
+def kill_torchrun_after_the_switch(workdir, data_root, *overrides: str) -> None:
+    """Start a two-process run and SIGKILL it once a QAT checkpoint is complete."""
     proc = subprocess.Popen(
         torchrun_command(*overrides),
-        cwd=tmp_path,
-        env=torchrun_env(tmp_path, data_root),
+        cwd=workdir,
+        env=torchrun_env(workdir, data_root),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    wait_for_checkpoint(tmp_path, quantized=True, proc=proc)
+    wait_for_checkpoint(workdir, quantized=True, proc=proc)
     # torchrun starts its workers in sessions of their own: kill them, then torchrun.
     for worker in psutil.Process(proc.pid).children(recursive=True):
         worker.kill()
     proc.kill()
     proc.wait()
+
+
+def test_killed_after_the_switch_resumes_to_the_same_loss(tmp_path, data_root, zero2_run):
+    overrides = (*DEEPSPEED, "trainer.zero_stage=2")
+    kill_torchrun_after_the_switch(tmp_path, data_root, *overrides)
     (run,) = runs(tmp_path)
     assert run.info.status == "RUNNING" and "final/val_loss" not in run.data.metrics
     resumed = torchrun(tmp_path, data_root, *overrides)
