@@ -16,6 +16,15 @@ from qat.config import RunConfig
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
+def cli_overrides(argv: Sequence[str], doc: str | None) -> list[str] | None:
+    """A grid command's Hydra overrides (``-m`` accepted as train.py takes it), or None after
+    printing ``doc`` for -h/--help."""
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(doc)
+        return None
+    return [arg for arg in argv if arg not in ("-m", "--multirun")]
+
+
 def expand_grid(
     overrides: Sequence[str], sweeper_params: dict[str, str] | None = None
 ) -> list[RunConfig]:

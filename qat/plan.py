@@ -58,12 +58,10 @@ def register_branch_points(configs: list[RunConfig]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from qat.errors import QatError
-    from qat.grid import expand_grid
+    from qat.grid import cli_overrides, expand_grid
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in args if a not in ("-m", "--multirun")]  # accepted like train.py
-    if any(arg in ("-h", "--help") for arg in args):
-        print(__doc__)
+    overrides = cli_overrides(sys.argv[1:] if argv is None else argv, __doc__)
+    if overrides is None:
         return 0
     try:
         cells = expand_grid(overrides)

@@ -33,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from qat.errors import QatError
+    from qat.grid import cli_overrides
 
-    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("-m", "--multirun")]
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
+    args = cli_overrides(sys.argv[1:] if argv is None else argv, __doc__)
+    if args is None:
         return 0
     try:
         rows = grid_status(args)
