@@ -30,7 +30,7 @@ from qat.claim import CellBusy, Claim
 from qat.config import RunConfig
 from qat.data import DatasetInfo
 from qat.distributed import DistInfo
-from qat.errors import ConfigError
+from qat.errors import ConfigError, TrainingError
 from qat.optim import SCALE_GROUP, add_scale_group, build_optimizer
 from qat.quant import QuantLinear, init_scale, quant_parameters, quantize_model
 from qat.tracking import Tracker
@@ -219,7 +219,7 @@ class DeepSpeedTrainer(Trainer):
             str(checkpoint.path), tag=ENGINE_TAG, load_lr_scheduler_states=False
         )
         if loaded is None:
-            raise ConfigError(f"DeepSpeed could not load {checkpoint.path}/{ENGINE_TAG}")
+            raise TrainingError(f"DeepSpeed could not load {checkpoint.path}/{ENGINE_TAG}")
         self.loader.load_state_dict(state["loader"])
         checkpoint.restore_rng()
         self.step = int(state["step"])

@@ -8,20 +8,20 @@ from qat.config import RunConfig
 from qat.deepspeed_trainer import deepspeed_config
 from qat.errors import ConfigError
 
+TREE = {
+    "bits": 4,
+    "qat_frac": 0.3,
+    "tokens": "1M",
+    "fusion": False,
+    "seed": 0,
+    "model": {"name": "t", "dim": 32, "n_layers": 1, "n_heads": 2, "ffn_dim": 64},
+    "data": {"batch_size": 32, "seq_len": 64},
+}
+
 
 def run_config(**trainer) -> RunConfig:
     return RunConfig.from_dict(
-        {
-            "bits": 4,
-            "qat_frac": 0.3,
-            "tokens": "1M",
-            "fusion": False,
-            "seed": 0,
-            "model": {"name": "t", "dim": 32, "n_layers": 1, "n_heads": 2, "ffn_dim": 64},
-            "data": {"batch_size": 32, "seq_len": 64},
-            "optim": {"grad_clip": 0.5},
-            "trainer": {"backend": "deepspeed", **trainer},
-        }
+        {**TREE, "optim": {"grad_clip": 0.5}, "trainer": {"backend": "deepspeed", **trainer}}
     )
 
 
@@ -52,15 +52,7 @@ def test_a_batch_that_does_not_split_is_refused():
 
 def test_trunk_auto_resolves_by_backend_and_share_is_refused():
     assert run_config().trunk == "off"
-    tree = {
-        "bits": 4,
-        "qat_frac": 0.3,
-        "tokens": "1M",
-        "fusion": False,
-        "seed": 0,
-        "model": {"name": "t", "dim": 32, "n_layers": 1, "n_heads": 2, "ffn_dim": 64},
-        "data": {},
-    }
+    tree = TREE
     assert RunConfig.from_dict({**tree, "trunk": "auto"}).trunk == "share"
     with pytest.raises(ConfigError, match="trunk=off"):
         RunConfig.from_dict({**tree, "trunk": "share", "trainer": {"backend": "deepspeed"}})
