@@ -46,7 +46,7 @@ def run(config: RunConfig) -> RunResult:
         from qat.deepspeed_trainer import run_deepspeed
 
         return run_deepspeed(config)
-    refuse_several_processes(config)
+    refuse_several_processes()
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
     done = finished_result(config, tracker)
     if done is not None:
@@ -79,7 +79,7 @@ def finished_result(config: RunConfig, tracker: Tracker) -> RunResult | None:
     )
 
 
-def refuse_several_processes(config: RunConfig) -> None:
+def refuse_several_processes() -> None:
     import os
 
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))

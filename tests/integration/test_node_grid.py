@@ -33,10 +33,11 @@ def test_deadline_then_rerun_finishes_every_cell_once(tmp_path, data_root):
     stopped = node_grid(tmp_path, data_root, "--workers-per-gpu", "2", "--deadline", "12")
     assert stopped.returncode == 3, stopped.stderr[-3000:]
     assert "left in" in stopped.stdout
-    assert not any(
-        r.info.status == "FINISHED" and "final/val_loss" not in r.data.metrics
-        for r in runs(tmp_path)
-    )
+    # stopped before the end: the grid is not all FINISHED, and no run claims to be without its
+    # final loss
+    finished = [r for r in runs(tmp_path) if r.info.status == "FINISHED"]
+    assert len(finished) < 5
+    assert all("final/val_loss" in r.data.metrics for r in finished)
 
     done = node_grid(tmp_path, data_root, "--workers-per-gpu", "2")
     assert done.returncode == 0, done.stderr[-3000:]
