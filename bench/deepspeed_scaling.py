@@ -1,5 +1,6 @@
 """Tokens/s of the 86M config (seq 2048, bf16 autocast, eager) through the real training loop:
-trainer=torch on one GPU against trainer=deepspeed (ZeRO-2) on one and on two GPUs.
+trainer=torch on one GPU (batch 32, and 16: strong scaling's per-GPU batch) against
+trainer=deepspeed (ZeRO-2) on one and on two GPUs.
 
 Each variant is a short FP run of train.py (torchrun for two GPUs); tokens/s is the median of
 the trainer's own train/tokens_per_s log windows after the first two. Two scalings:
@@ -96,6 +97,8 @@ def main() -> None:
         workdir = Path(tmp)
         rows = [run("torch, 1 GPU", 1, "torch", 32, args.steps, workdir)]
         if not args.quick:
+            # Strong scaling halves each GPU's batch; this row shows what that alone costs.
+            rows.append(run("torch, 1 GPU, half batch", 1, "torch", 16, args.steps, workdir))
             rows.append(run("deepspeed ZeRO-2, 1 GPU", 1, "deepspeed", 32, args.steps, workdir))
             rows.append(
                 run("deepspeed ZeRO-2, 2 GPUs, strong", 2, "deepspeed", 32, args.steps, workdir)

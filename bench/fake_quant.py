@@ -56,12 +56,36 @@ def max_diff(got: Tensor, want: Tensor) -> float:
     return (got.float() - want.float()).abs().max().item()
 
 
-def variants(fmt: QuantFormat, compiled_ref: Callable) -> dict[str, Callable]:
-    return {
+def exact_division_options() -> dict[str, bool]:
+    """Inductor's option for IEEE-rounded fp32 division, as eager computes it: by default
+    Triton's `/` is div.full.f32 (up to 2 ulp off), which moves w/α across rounding ties. The
+    option's name changed between torch releases; {} when this torch has none."""
+    from torch._inductor import config
+
+    known = config.get_config_copy()
+    for name in (
+        "eager_numerics.division_rounding",
+        "emulate_division_rounding",
+        "emulate_divison_rounding",  # sic, torch 2.10-2.11
+    ):
+        if name in known:
+            return {name: True}
+    return {}
+
+
+def variants(fmt: QuantFormat, impls: list[str]) -> dict[str, Callable]:
+    def reference(w: Tensor, s: Tensor) -> Tensor:
+        return reference_fake_quant(w, s, fmt)
+
+    table: dict[str, Callable] = {
         "cuda": lambda w, s: fake_quant(w, s, fmt, "cuda"),
-        "eager": lambda w, s: reference_fake_quant(w, s, fmt),
-        "compiled": compiled_ref,
+        "eager": reference,
     }
+    if "compiled" in impls:
+        table["compiled"] = torch.compile(reference, dynamic=False)
+    if "compiled_exact" in impls and (options := exact_division_options()):
+        table["compiled_exact"] = torch.compile(reference, dynamic=False, options=options)
+    return {name: fn for name, fn in table.items() if name in impls}
 
 
 def bench_size(
@@ -86,10 +110,7 @@ def bench_size(
         reference_fake_quant(w_req, scale_req, fmt), (w_req, scale_req), grad
     )
 
-    compiled_ref = torch.compile(lambda w, s: reference_fake_quant(w, s, fmt), dynamic=False)
-    for name, fn in variants(fmt, compiled_ref).items():
-        if name not in args.impls:
-            continue
+    for name, fn in variants(fmt, args.impls).items():
         ms, out = time_graph(lambda fn=fn: fn(w, scale), args.warmup, args.repeats)
         row[f"{name}_fwd_gbps"] = 2 * nbytes / ms / 1e6
         row[f"{name}_out_maxdiff"] = max_diff(out, want_out)
@@ -110,6 +131,7 @@ def bench_size(
 
 
 def markdown(rows: list[dict], impls: list[str]) -> str:
+    impls = [name for name in impls if f"{name}_fwd_gbps" in rows[0]]  # ran on this torch
     head = ["dtype", "bits", "shape", "copy"]
     for name in impls:
         head += [f"{name} fwd", f"{name} fwd+bwd"]
@@ -134,7 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="ROWSxCOLS,...")
     parser.add_argument("--dtypes", default="bf16,fp32")
     parser.add_argument("--bits", default="4", help="bit widths, e.g. 1,1.58,2,4")
-    parser.add_argument("--impls", default="cuda,eager,compiled")
+    parser.add_argument(
+        "--impls",
+        default="cuda,eager,compiled,compiled_exact",
+        help="compiled_exact: torch.compile with eager's IEEE fp32 division",
+    )
     parser.add_argument(
         "--all-bits-size",
         default="16384x4096",

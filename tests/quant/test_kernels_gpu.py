@@ -85,6 +85,41 @@ def test_rounding_ties_and_clip_edges(bits):
     assert_matches(w, alpha, g, fmt)
 
 
+def divisors():
+    """Scales for the kernel's w/α (a reciprocal and two FMA corrections, not a division):
+    significands all ones, all zeros and in between, across the exact range 2^-17..2^20 and
+    outside it (where the kernel falls back to the IEEE division)."""
+    significands = torch.tensor([1.0, 1 + 2**-23, 1.5, 1.3333333, 2 - 2**-23, 2 - 2**-22])
+    exponents = torch.tensor([-18.0, -17, -9, -1, 0, 3, 12, 20, 21, 40])
+    alpha = (significands[:, None] * torch.exp2(exponents)[None, :]).flatten()
+    gen = torch.Generator().manual_seed(0)
+    random = torch.exp2(torch.empty(200).uniform_(-17, 20, generator=gen))
+    return torch.cat([alpha, random]).cuda()[:, None]
+
+
+@pytest.mark.parametrize("bits", (1.58, 2, 4, 8))
+def test_quotients_next_to_rounding_ties_match_the_ieee_division(bits):
+    """w/α one or two ulps either side of every .5 tie, where a quotient rounded the wrong way
+    flips the quantized level; plus |w| beyond 2^±60 and subnormals (the fallback)."""
+    fmt = format_for_bits(bits)
+    alpha = divisors()
+    halves = torch.arange(-300, 301, device="cuda", dtype=torch.float32) / 2
+    if fmt.family == "seq":  # SEQ rounds u·n − shift: put u near those ties instead
+        halves = (halves + fmt.shift) / fmt.n_levels
+    ties = alpha * halves
+    up, down = torch.full_like(ties, torch.inf), torch.full_like(ties, -torch.inf)
+    above = torch.nextafter(ties, up)
+    below = torch.nextafter(ties, down)
+    neighbours = [ties, above, torch.nextafter(above, up), below, torch.nextafter(below, down)]
+    extremes = torch.tensor(
+        [2.0**-61, 2.0**-60, 2.0**60, 2.0**61, 1e-40, -1e-41, 3e38], device="cuda"
+    )
+    w = torch.cat([*neighbours, extremes.expand(alpha.shape[0], -1)], dim=1)
+    g = torch.randn_like(w)
+    assert_matches(w, alpha, g, fmt)
+    assert_matches(w.bfloat16(), alpha, g.bfloat16(), fmt)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_non_contiguous_and_misaligned_views(dtype):
     fmt = format_for_bits(4)
