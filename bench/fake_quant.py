@@ -66,7 +66,7 @@ def exact_division_options() -> dict[str, bool]:
     for name in (
         "eager_numerics.division_rounding",
         "emulate_division_rounding",
-        "emulate_divison_rounding",  # sic, torch 2.10-2.11
+        "emulate_divison_rounding",  # sic: the name in earlier releases (torch 2.11 has the first)
     ):
         if name in known:
             return {name: True}
