@@ -1,7 +1,8 @@
 """Atomic checkpoints: ``<run dir>/checkpoints/<tokens>/``.
 
 A checkpoint is written into a hidden temporary folder and renamed into place once its last file
-is on disk, so a folder named by a token count is always complete. Loading uses
+is on disk, and renamed out of place before it is deleted, so a folder named by a token count is
+always complete, whenever the process is killed. Loading uses
 ``weights_only=True``: a checkpoint never unpickles arbitrary objects.
 """
 
@@ -21,6 +22,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 STATE_FILE = "state.json"
 COMPLETE_MARKER = "COMPLETE"
+TRASH_PREFIX = ".trash-"  # a checkpoint being deleted: never listed
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,34 @@ def commit_checkpoint(tmp: Path, tokens: int, state: dict[str, Any], keep: int) 
     (tmp / COMPLETE_MARKER).write_text("")
     _fsync_dir(tmp)
     if final.exists():  # same tokens written again (a resumed run re-saving): replace it
-        shutil.rmtree(final)
+        discard(final)
     os.rename(tmp, final)
     _fsync_dir(checkpoint_dir)
     for old in list_checkpoints(checkpoint_dir)[:-keep]:
-        if not old.state().get("pinned", False):
-            shutil.rmtree(old.path, ignore_errors=True)
+        if not _pinned(old):
+            discard(old.path)
+    for leftover in checkpoint_dir.glob(f"{TRASH_PREFIX}*"):  # a kill in the middle of a delete
+        shutil.rmtree(leftover, ignore_errors=True)
     return Checkpoint(final, tokens)
+
+
+def discard(path: Path) -> None:
+    """Delete a checkpoint folder without ever leaving a half-deleted one under its token name
+    (a kill in the middle of rmtree did, and the next run then read a "complete" checkpoint
+    with missing files): renamed out of the listing first, which is atomic, then deleted."""
+    trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{os.getpid()}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:  # another process pruned it first
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _pinned(checkpoint: Checkpoint) -> bool:
+    try:
+        return bool(checkpoint.state().get("pinned", False))
+    except (OSError, ValueError):  # unreadable: left half-deleted by an earlier version
+        return False
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Checkpoint]:

@@ -1,9 +1,12 @@
 """Atomic checkpoints: only complete folders count, the newest is found, pruning keeps pins."""
 
 import json
+import shutil
 
+import pytest
 import torch
 
+import qat.checkpoint
 from qat.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 
 
@@ -70,3 +73,34 @@ def test_loading_refuses_arbitrary_objects(tmp_path):
         assert "weights_only" in str(error) or "Unsupported" in str(error)
     else:
         raise AssertionError("an arbitrary object was unpickled")
+
+
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    rmtree = shutil.rmtree
+    model, optimizer = tiny()
+    save_checkpoint(tmp_path, 100, model, optimizer, {}, 1)
+
+    def killed_after_one_file(path, ignore_errors=False):
+        if not (path / "state.json").exists():  # not a checkpoint (an empty staging folder)
+            return rmtree(path, ignore_errors=ignore_errors)
+        (path / "state.json").unlink()
+        raise SystemExit("killed")  # the process dies in the middle of the delete
+
+    with monkeypatch.context() as patch:
+        patch.setattr(qat.checkpoint.shutil, "rmtree", killed_after_one_file)
+        with pytest.raises(SystemExit):
+            save_checkpoint(tmp_path, 200, model, optimizer, {}, 1)  # prunes 100
+    # 100 is out of the listing (not a "complete" folder without its state), and the next
+    # save of the resumed run prunes as usual and sweeps the leftover away.
+    assert [c.tokens for c in list_checkpoints(tmp_path)] == [200]
+    save_checkpoint(tmp_path, 300, model, optimizer, {}, 1)
+    assert [c.tokens for c in list_checkpoints(tmp_path)] == [300]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["300"]
+
+
+def test_pruning_passes_over_a_checkpoint_left_half_deleted(tmp_path):
+    model, optimizer = tiny()
+    save_checkpoint(tmp_path, 100, model, optimizer, {}, 5)
+    (tmp_path / "100" / "state.json").unlink()  # what an interrupted rmtree used to leave
+    save_checkpoint(tmp_path, 200, model, optimizer, {}, 1)
+    assert [c.tokens for c in list_checkpoints(tmp_path)] == [200]

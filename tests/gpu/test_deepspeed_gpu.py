@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from tests.integration.conftest import runs, train
-from tests.integration.test_deepspeed import kill_torchrun_after_the_switch, losses, torchrun
+from tests.integration.test_deepspeed import (
+    kill_torchrun_after_the_switch,
+    launch_failure,
+    losses,
+    torchrun,
+)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -50,7 +55,7 @@ def data_dir():
 def one_gpu(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("torch1")
     result = train(workdir, data_dir, *CELL)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result.stderr)
     return losses(workdir)
 
 
@@ -58,7 +63,7 @@ def one_gpu(tmp_path_factory, data_dir):
 def two_gpus(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("zero2")
     result = torchrun(workdir, data_dir, *ZERO2)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result.stderr)
     return losses(workdir)
 
 
@@ -74,7 +79,7 @@ def test_killed_zero2_run_resumes(tmp_path, data_dir, two_gpus):
     (run,) = runs(tmp_path)
     assert run.info.status == "RUNNING"
     resumed = torchrun(tmp_path, data_dir, *ZERO2)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, launch_failure(resumed.stderr)
     assert "resuming from" in resumed.stdout
     final, fp, _ = losses(tmp_path)
     print(f"final/val_loss: uninterrupted {two_gpus[0]:.4f}, resumed {final:.4f}")

@@ -67,6 +67,14 @@ def torchrun(workdir, data_root, *overrides: str):
     )
 
 
+def launch_failure(stderr: str) -> str:
+    """What a failed torchrun printed: the first rank's error (it comes first, and the
+    other ranks' follow-on errors push it out of a plain tail), then the tail."""
+    starts = [i for i in (stderr.find("Traceback"), stderr.find("terminate called")) if i >= 0]
+    first = stderr[min(starts) :][:2500] if starts else ""
+    return f"{first}\n[...]\n{stderr[-1500:]}"
+
+
 def losses(workdir) -> tuple[float, float, list[float]]:
     (run,) = runs(workdir)
     assert run.info.status == "FINISHED"
@@ -83,7 +91,7 @@ def losses(workdir) -> tuple[float, float, list[float]]:
 def torch_run(tmp_path_factory, data_root):
     workdir = tmp_path_factory.mktemp("torch")
     result = train(workdir, data_root, *CELL, "trunk=off")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result.stderr)
     return losses(workdir)
 
 
@@ -94,13 +102,13 @@ def zero2_run(tmp_path_factory, data_root):
     result = torchrun(
         workdir, data_root, *DEEPSPEED, "trainer.zero_stage=2", "trainer.keep_checkpoints=99"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result.stderr)
     return workdir, losses(workdir)
 
 
 def test_one_process_stage0_gives_the_torch_curve(tmp_path, data_root, torch_run):
     result = train(tmp_path, data_root, *DEEPSPEED)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result.stderr)
     final, fp, curve = losses(tmp_path)
     assert final == pytest.approx(torch_run[0], rel=1e-5)
     assert fp == pytest.approx(torch_run[1], rel=1e-5)
@@ -124,7 +132,7 @@ def assert_same_training(run, expected) -> None:
 
 def test_gradient_accumulation_keeps_the_global_batch(tmp_path, data_root, torch_run):
     result = train(tmp_path, data_root, *DEEPSPEED, "trainer.grad_accum=2")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result.stderr)
     assert_same_training(losses(tmp_path), torch_run)
 
 
@@ -169,19 +177,26 @@ def test_the_scales_start_from_the_switch_weights_and_train(zero2_run):
 
 def kill_torchrun_after_the_switch(workdir, data_root, *overrides: str) -> None:
     """Start a two-process run and SIGKILL it once a QAT checkpoint is complete."""
-    proc = subprocess.Popen(
-        torchrun_command(*overrides),
-        cwd=workdir,
-        env=torchrun_env(workdir, data_root),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    # To a file, not a pipe nobody reads: a full pipe would stall the run before the switch.
+    with open(workdir / "killed_run.log", "w") as log:
+        proc = subprocess.Popen(
+            torchrun_command(*overrides),
+            cwd=workdir,
+            env=torchrun_env(workdir, data_root),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     wait_for_checkpoint(workdir, quantized=True, proc=proc)
     # torchrun starts its workers in sessions of their own: kill them, then torchrun.
-    for worker in psutil.Process(proc.pid).children(recursive=True):
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    for worker in workers:
         worker.kill()
     proc.kill()
     proc.wait()
+    # Gone, not just signalled: a worker in the middle of a write would finish that system
+    # call, and the resumed run must not see its checkpoint folder change under it.
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"workers still running after SIGKILL: {alive}"
 
 
 def test_killed_after_the_switch_resumes_to_the_same_loss(tmp_path, data_root, zero2_run):
@@ -190,7 +205,7 @@ def test_killed_after_the_switch_resumes_to_the_same_loss(tmp_path, data_root, z
     (run,) = runs(tmp_path)
     assert run.info.status == "RUNNING" and "final/val_loss" not in run.data.metrics
     resumed = torchrun(tmp_path, data_root, *overrides)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, launch_failure(resumed.stderr)
     assert "resuming from" in resumed.stdout
     final, fp, _ = losses(tmp_path)
     _, (expected_final, expected_fp, _) = zero2_run
@@ -215,7 +230,7 @@ def test_bf16_autocast_reaches_the_engine(tmp_path, data_root):
     torch_dir, ds_dir = tmp_path / "torch", tmp_path / "deepspeed"
     assert train(torch_dir, data_root, *short, "trunk=off").returncode == 0
     result = train(ds_dir, data_root, *short, "trainer=deepspeed")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, launch_failure(result.stderr)
     fp32 = train(
         tmp_path / "fp32", data_root, *short, "trainer=deepspeed", "trainer.precision=fp32"
     )
