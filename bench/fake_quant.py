@@ -28,8 +28,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DEFAULT_SIZES = "4096x4096,8192x4096,16384x4096,32768x8192"
 
 
-def time_graph(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, Any]:
-    """(median milliseconds of one fn() replayed from a CUDA graph, the replays' output)."""
+def capture(fn: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
+    """fn() as a CUDA graph, and the tensors its replays write."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm up (and compile) off the capture, as torch advises
@@ -39,6 +39,12 @@ def time_graph(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[float,
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         output = fn()
+    return graph, output
+
+
+def time_graph(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[float, Any]:
+    """(median milliseconds of one fn() replayed from a CUDA graph, the replays' output)."""
+    graph, output = capture(fn)
     for _ in range(warmup):
         graph.replay()
     times = []

@@ -251,18 +251,22 @@ def run_deepspeed(config: RunConfig) -> RunResult:
                 verdict = RunResult(key, "", True, float("nan"), None)
     verdict = distributed.broadcast(verdict, dist)
     if isinstance(verdict, RunResult):
-        return verdict
-    try:
-        trainer = DeepSpeedTrainer(config, load_data(config), run_dir / "checkpoints", dist)
-        trainer.claim = claim
-        if tracker is not None:
-            return train_and_track(trainer, tracker, run_dir)
-        final, fp = trainer.train([])
-        return RunResult(key, "", False, final, fp)
-    finally:
-        if claim is not None:
-            with contextlib.suppress(Exception):
-                claim.release()
+        result = verdict
+    else:
+        try:
+            trainer = DeepSpeedTrainer(config, load_data(config), run_dir / "checkpoints", dist)
+            trainer.claim = claim
+            if tracker is not None:
+                result = train_and_track(trainer, tracker, run_dir)
+            else:
+                final, fp = trainer.train([])
+                result = RunResult(key, "", False, final, fp)
+        finally:
+            if claim is not None:
+                with contextlib.suppress(Exception):
+                    claim.release()
+    distributed.leave_together(dist)
+    return result
 
 
 def _wants_cuda(config: RunConfig) -> bool:

@@ -120,3 +120,15 @@ def reduce_sum(values: list[float], info: DistInfo, device: torch.device) -> lis
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
+
+
+def leave_together(info: DistInfo) -> None:
+    """The last collective of a cell, before any rank may exit.
+
+    A gloo worker thread frees a finished all-reduce's tensors only after the waiting rank has
+    moved on; a rank that then exits at once can be finalizing Python by the time the worker
+    needs the GIL for them, and the worker aborts the process (std::terminate: a finished run
+    reported as failed, 1 CPU launch in ~30). A barrier holds no tensors, and while a rank waits
+    in it for the others the workers have long freed the earlier ones.
+    """
+    barrier(info)
