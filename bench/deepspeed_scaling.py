@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import write_record
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = [
     "model=llama-86m",
@@ -91,7 +93,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/deepspeed_scaling.json")
     parser.add_argument("--quick", action="store_true", help="torch 1 GPU and ZeRO-2 weak only")
     args = parser.parse_args()
-    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -105,15 +106,7 @@ def main() -> None:
             )
         rows.append(run("deepspeed ZeRO-2, 2 GPUs, weak", 2, "deepspeed", 64, args.steps, workdir))
     base = rows[0]["tokens_per_s"]
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    result = write_record(args.out, rows=rows)
     print(f"{result['device']}, torch {result['torch']}, 86M, seq 2048, bf16 autocast, eager")
     print("| variant | global batch | tokens/s | vs torch on 1 GPU |\n| --- | --- | --- | --- |")
     for r in rows:

@@ -14,12 +14,11 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from record import write_record
 from torch import Tensor
 
 from qat.quant import QuantFormat, fake_quant, format_for_bits, init_scale, reference_fake_quant
@@ -198,16 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             sweep.append(bench_size(r, c, torch.bfloat16, bits, kernel_only))
         table += "\n\n" + markdown(sweep, ["cuda"])
 
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
-        "rows": rows,
-        "all_bits": sweep,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    result = write_record(args.out, rows=rows, all_bits=sweep)
     print(f"\n{result['device']}, torch {result['torch']}, GB/s (bytes read + written)\n")
     print(table)
 

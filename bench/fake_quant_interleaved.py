@@ -15,11 +15,10 @@ import argparse
 import json
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 from fake_quant import DTYPES, capture, max_diff, variants
+from record import write_record
 
 from qat.quant import format_for_bits, init_scale, reference_fake_quant
 
@@ -90,15 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         r, c = (int(x) for x in size.split("x"))
         rows.append(bench_size(r, c, args))
         print(json.dumps(rows[-1]), flush=True)
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_record(args.out, rows=rows)
     print("\n| shape | cuda µs | compiled_exact µs | cuda / compiled_exact | cuda won |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:

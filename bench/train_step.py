@@ -23,10 +23,10 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from record import write_record
 from torch import nn
 
 from qat.config import ModelConfig
@@ -238,19 +238,14 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(run_variant(bits, kernel, args, device, profile=profile))
         print(json.dumps(rows[-1]), flush=True)
 
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
-        "batch": args.batch,
-        "seq_len": args.seq_len,
-        "peak_tflops": args.peak_tflops,
-        "measured_matmul_tflops": matmul_tflops(),
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    result = write_record(
+        args.out,
+        batch=args.batch,
+        seq_len=args.seq_len,
+        peak_tflops=args.peak_tflops,
+        measured_matmul_tflops=matmul_tflops(),
+        rows=rows,
+    )
     print(f"\n{result['device']}, torch {result['torch']}, batch {args.batch}×{args.seq_len}")
     print(f"bf16 matmul 8192³: {result['measured_matmul_tflops']:.0f} TFLOP/s measured\n")
     print(markdown(rows))
