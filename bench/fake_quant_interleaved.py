@@ -3,7 +3,12 @@ captured in a CUDA graph, then the graphs are replayed in alternating order, rou
 so that clock and thermal drift during the run affect both sides alike (bench/fake_quant.py
 times one variant after the other, and at 4096² its run-to-run spread is ~10%).
 
-    python bench/fake_quant_interleaved.py --sizes 4096x4096,8192x4096
+Back-to-back replays leave part of each pass's tensors in L2 for the next one, which a training
+step, with a whole model between a weight's forward and backward, does not. --cold-l2 also
+times every variant with an L2-sized buffer written before each forward+backward, and reports
+that time less the time of the write alone.
+
+    python bench/fake_quant_interleaved.py --sizes 4096x4096,8192x4096 --cold-l2
 
 Prints, per size, each variant's median time, the ratio of medians and how many rounds the
 kernel won; writes the JSON to --out.
@@ -33,25 +38,8 @@ def time_replays(graph: torch.cuda.CUDAGraph, replays: int) -> float:
     return start.elapsed_time(end) / replays
 
 
-def bench_size(rows: int, cols: int, args: argparse.Namespace) -> dict:
-    fmt = format_for_bits(args.bits)
-    w0 = torch.randn(rows, cols, device="cuda").to(DTYPES[args.dtype])
-    scale0 = init_scale(w0, fmt)
-    grad = torch.randn_like(w0)
-    w, scale = w0.clone().requires_grad_(), scale0.clone().requires_grad_()
-    want = torch.autograd.grad(reference_fake_quant(w, scale, fmt), (w, scale), grad)
-    graphs, result = {}, {"rows": rows, "cols": cols, "dtype": args.dtype, "bits": args.bits}
-    for name, fn in variants(fmt, ["cuda", "compiled_exact"]).items():
-        graphs[name], (grad_w, grad_scale) = capture(
-            lambda fn=fn: torch.autograd.grad(fn(w, scale), (w, scale), grad)
-        )
-        graphs[name].replay()
-        result[f"{name}_grad_w_maxdiff"] = max_diff(grad_w, want[0])
-        result[f"{name}_grad_scale_maxrel"] = max_diff(grad_scale, want[1]) / max(
-            want[1].abs().max().item(), 1e-30
-        )
-    if len(graphs) < 2:
-        sys.exit("this torch has no exact-division option for torch.compile")
+def interleave(graphs: dict[str, torch.cuda.CUDAGraph], args: argparse.Namespace) -> dict:
+    """Milliseconds per replay of each graph, one list per graph, timed turn by turn."""
     names = list(graphs)
     for graph in graphs.values():
         time_replays(graph, args.replays)  # warm-up
@@ -60,16 +48,56 @@ def bench_size(rows: int, cols: int, args: argparse.Namespace) -> dict:
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
             times[name].append(time_replays(graphs[name], args.replays))
+    return times
+
+
+def bench_size(rows: int, cols: int, args: argparse.Namespace) -> dict:
+    fmt = format_for_bits(args.bits)
+    w0 = torch.randn(rows, cols, device="cuda").to(DTYPES[args.dtype])
+    scale0 = init_scale(w0, fmt)
+    grad = torch.randn_like(w0)
+    w, scale = w0.clone().requires_grad_(), scale0.clone().requires_grad_()
+    want = torch.autograd.grad(reference_fake_quant(w, scale, fmt), (w, scale), grad)
+    graphs, result = {}, {"rows": rows, "cols": cols, "dtype": args.dtype, "bits": args.bits}
+    # Twice the L2 of any current GPU, so that writing it evicts everything else.
+    flush = torch.empty(64 * 2**20 if args.cold_l2 else 0, device="cuda")
+    for name, fn in variants(fmt, ["cuda", "compiled_exact"]).items():
+
+        def fwd_bwd(fn=fn):
+            return torch.autograd.grad(fn(w, scale), (w, scale), grad)
+
+        graphs[name], (grad_w, grad_scale) = capture(fwd_bwd)
+        if args.cold_l2:
+
+            def cold(fwd_bwd=fwd_bwd):
+                flush.fill_(1.0)
+                return fwd_bwd()
+
+            graphs[f"{name}_cold"], _ = capture(cold)
+        graphs[name].replay()
+        result[f"{name}_grad_w_maxdiff"] = max_diff(grad_w, want[0])
+        result[f"{name}_grad_scale_maxrel"] = max_diff(grad_scale, want[1]) / max(
+            want[1].abs().max().item(), 1e-30
+        )
+    if "compiled_exact" not in graphs:
+        sys.exit("this torch has no exact-division option for torch.compile")
+    if args.cold_l2:
+        graphs["flush"], _ = capture(lambda: flush.fill_(1.0))
+    times = interleave(graphs, args)
+    flush_ms = statistics.median(times.pop("flush")) if args.cold_l2 else 0.0
     nbytes = w0.numel() * w0.element_size()
-    for name in names:
-        ms = statistics.median(times[name])
-        result[f"{name}_fwdbwd_us"] = ms * 1e3
-        result[f"{name}_fwdbwd_gbps"] = 5 * nbytes / ms / 1e6
-    result["cuda_over_compiled_exact"] = (
-        result["compiled_exact_fwdbwd_us"] / result["cuda_fwdbwd_us"]
-    )
-    wins = sum(c < e for c, e in zip(times["cuda"], times["compiled_exact"], strict=True))
-    result["rounds"], result["cuda_won_rounds"] = args.rounds, wins
+    result["rounds"] = args.rounds
+    for suffix in ["", "_cold"] if args.cold_l2 else [""]:
+        less = flush_ms if suffix else 0.0
+        for name in ("cuda", "compiled_exact"):
+            ms = statistics.median(times[name + suffix]) - less
+            result[f"{name}{suffix}_fwdbwd_us"] = ms * 1e3
+            result[f"{name}{suffix}_fwdbwd_gbps"] = 5 * nbytes / ms / 1e6
+        result[f"cuda_over_compiled_exact{suffix}"] = (
+            result[f"compiled_exact{suffix}_fwdbwd_us"] / result[f"cuda{suffix}_fwdbwd_us"]
+        )
+        pairs = zip(times["cuda" + suffix], times["compiled_exact" + suffix], strict=True)
+        result[f"cuda_won_rounds{suffix}"] = sum(c < e for c, e in pairs)
     return result
 
 
@@ -80,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bits", type=float, default=4)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--replays", type=int, default=10, help="graph replays timed per turn")
+    parser.add_argument(
+        "--cold-l2", action="store_true", help="also time each pass after evicting the L2 cache"
+    )
     parser.add_argument("--out", default="bench/results/fake_quant_interleaved.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -90,14 +121,18 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(bench_size(r, c, args))
         print(json.dumps(rows[-1]), flush=True)
     write_record(args.out, rows=rows)
-    print("\n| shape | cuda µs | compiled_exact µs | cuda / compiled_exact | cuda won |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| shape | L2 | cuda µs | compiled_exact µs | cuda / compiled_exact | cuda won |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        print(
-            f"| {row['rows']}×{row['cols']} | {row['cuda_fwdbwd_us']:.1f} | "
-            f"{row['compiled_exact_fwdbwd_us']:.1f} | {row['cuda_over_compiled_exact']:.3f} | "
-            f"{row['cuda_won_rounds']}/{row['rounds']} |"
-        )
+        for suffix, l2 in [("", "warm"), ("_cold", "cold")]:
+            if f"cuda{suffix}_fwdbwd_us" in row:
+                print(
+                    f"| {row['rows']}×{row['cols']} | {l2} | "
+                    f"{row[f'cuda{suffix}_fwdbwd_us']:.2f} | "
+                    f"{row[f'compiled_exact{suffix}_fwdbwd_us']:.2f} | "
+                    f"{row[f'cuda_over_compiled_exact{suffix}']:.3f} | "
+                    f"{row[f'cuda_won_rounds{suffix}']}/{row['rounds']} |"
+                )
 
 
 if __name__ == "__main__":
