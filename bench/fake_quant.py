@@ -27,6 +27,25 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DEFAULT_SIZES = "4096x4096,8192x4096,16384x4096,32768x8192"
 
 
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """ "ROWSxCOLS,..." as (rows, cols) pairs; an argparse type, so a bad value is a usage error."""
+    try:
+        sizes = [tuple(int(x) for x in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(size) != 2 or min(size) < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS[,ROWSxCOLS...], got {text!r}")
+    return sizes  # type: ignore[return-value]  # each checked to hold two ints
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1, as an argparse type."""
+    value = int(text) if text.strip().lstrip("-").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def capture(fn: Callable[[], Any]) -> tuple[torch.cuda.CUDAGraph, Any]:
     """fn() as a CUDA graph, and the tensors its replays write."""
     stream = torch.cuda.Stream()
@@ -158,7 +177,7 @@ def markdown(rows: list[dict], impls: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="ROWSxCOLS,...")
+    parser.add_argument("--sizes", type=parse_sizes, default=DEFAULT_SIZES, help="ROWSxCOLS,...")
     parser.add_argument("--dtypes", default="bf16,fp32")
     parser.add_argument("--bits", default="4", help="bit widths, e.g. 1,1.58,2,4")
     parser.add_argument(
@@ -168,33 +187,35 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--all-bits-size",
+        type=lambda text: parse_sizes(text) if text else [],
         default="16384x4096",
-        help="also time the kernel alone at every bit width at this size ('' off)",
+        help="also time the kernel alone at every bit width at these sizes ('' off)",
     )
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=positive_int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=20)
     parser.add_argument("--out", default="bench/results/fake_quant.json")
     args = parser.parse_args(argv)
     args.impls = args.impls.split(",")
+    if unknown := set(args.dtypes.split(",")) - set(DTYPES):
+        parser.error(f"--dtypes: unknown {sorted(unknown)}; choose from {sorted(DTYPES)}")
     if not torch.cuda.is_available():
         sys.exit("bench/fake_quant.py needs a CUDA GPU")
-    sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
     torch._dynamo.config.recompile_limit = 64  # one static graph per shape and dtype
 
     rows = []
     for dtype_name in args.dtypes.split(","):
         for bits in (float(b) for b in args.bits.split(",")):
-            for r, c in sizes:
+            for r, c in args.sizes:
                 rows.append(bench_size(r, c, DTYPES[dtype_name], bits, args))
                 print(json.dumps(rows[-1]), flush=True)
     table = markdown(rows, args.impls)
 
     sweep = []
-    if args.all_bits_size:
-        r, c = (int(x) for x in args.all_bits_size.split("x"))
-        kernel_only = argparse.Namespace(**{**vars(args), "impls": ["cuda"]})
+    kernel_only = argparse.Namespace(**{**vars(args), "impls": ["cuda"]})
+    for r, c in args.all_bits_size:
         for bits in (1, 1.58, 2, 3, 4, 6, 8):
             sweep.append(bench_size(r, c, torch.bfloat16, bits, kernel_only))
+    if sweep:
         table += "\n\n" + markdown(sweep, ["cuda"])
 
     result = write_record(args.out, rows=rows, all_bits=sweep)

@@ -22,7 +22,15 @@ import statistics
 import sys
 
 import torch
-from fake_quant import DTYPES, capture, max_diff, variants
+from fake_quant import (
+    DEFAULT_SIZES,
+    DTYPES,
+    capture,
+    max_diff,
+    parse_sizes,
+    positive_int,
+    variants,
+)
 from record import write_record
 
 from qat.quant import format_for_bits, init_scale, reference_fake_quant
@@ -103,11 +111,13 @@ def bench_size(rows: int, cols: int, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="4096x4096,8192x4096,16384x4096,32768x8192")
+    parser.add_argument("--sizes", type=parse_sizes, default=DEFAULT_SIZES, help="ROWSxCOLS,...")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--bits", type=float, default=4)
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--replays", type=int, default=10, help="graph replays timed per turn")
+    parser.add_argument("--rounds", type=positive_int, default=200)
+    parser.add_argument(
+        "--replays", type=positive_int, default=10, help="graph replays timed per turn"
+    )
     parser.add_argument(
         "--cold-l2", action="store_true", help="also time each pass after evicting the L2 cache"
     )
@@ -116,8 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench/fake_quant_interleaved.py needs a CUDA GPU")
     rows = []
-    for size in args.sizes.split(","):
-        r, c = (int(x) for x in size.split("x"))
+    for r, c in args.sizes:
         rows.append(bench_size(r, c, args))
         print(json.dumps(rows[-1]), flush=True)
     write_record(args.out, rows=rows)
