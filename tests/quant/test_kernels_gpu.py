@@ -16,6 +16,7 @@ from qat.quant import (
     quantize_model,
     resolve_kernel,
 )
+from qat.quant.formats import grad_scale
 
 pytestmark = [
     pytest.mark.gpu,
@@ -87,8 +88,8 @@ def test_rounding_ties_and_clip_edges(bits):
 
 def divisors():
     """Scales for the kernel's w/α (a reciprocal and two FMA corrections, not a division):
-    significands all ones, all zeros and in between, across the exact range 2^-17..2^20 and
-    outside it (where the kernel falls back to the IEEE division)."""
+    significands all ones, all zeros and in between, across the fast range 2^-17..2^20 and
+    outside it (where the kernel divides the whole row by the IEEE division)."""
     significands = torch.tensor([1.0, 1 + 2**-23, 1.5, 1.3333333, 2 - 2**-23, 2 - 2**-22])
     exponents = torch.tensor([-18.0, -17, -9, -1, 0, 3, 12, 20, 21, 40])
     alpha = (significands[:, None] * torch.exp2(exponents)[None, :]).flatten()
@@ -100,7 +101,8 @@ def divisors():
 @pytest.mark.parametrize("bits", (1.58, 2, 4, 8))
 def test_quotients_next_to_rounding_ties_match_the_ieee_division(bits):
     """w/α one or two ulps either side of every .5 tie, where a quotient rounded the wrong way
-    flips the quantized level; plus |w| beyond 2^±60 and subnormals (the fallback)."""
+    flips the quantized level; plus |w| beyond 2^±60 and subnormals, where the kernel keeps
+    its first estimate w·RN(1/α)."""
     fmt = format_for_bits(bits)
     alpha = divisors()
     halves = torch.arange(-300, 301, device="cuda", dtype=torch.float32) / 2
@@ -118,6 +120,38 @@ def test_quotients_next_to_rounding_ties_match_the_ieee_division(bits):
     g = torch.randn_like(w)
     assert_matches(w, alpha, g, fmt)
     assert_matches(w.bfloat16(), alpha, g.bfloat16(), fmt)
+
+
+def every_bf16_weight():
+    """The 65,282 bf16 bit patterns that are not NaN (zeros, subnormals and ±inf included)."""
+    patterns = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    w = patterns.view(torch.bfloat16)
+    return w[~w.isnan()]
+
+
+@pytest.mark.parametrize("path", ("vector", "scalar"))
+@pytest.mark.parametrize("bits", BITS)
+def test_every_bf16_weight_under_every_kind_of_scale(bits, path):
+    """Each non-NaN bf16 weight against each scale of divisors(): every weight the kernel can see
+    in bf16, so the quantized values and dL/dw are exact for all of them, not for a sample.
+    65,282 columns take the element-by-element path; six ones more, the 16-byte vector one."""
+    fmt = format_for_bits(bits)
+    alpha = divisors()
+    w = every_bf16_weight().cuda()
+    if path == "vector":
+        w = torch.cat([w, torch.ones(6, dtype=w.dtype, device="cuda")])
+    w = w.expand(alpha.shape[0], -1).contiguous()
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    g = torch.randn(w.shape, device="cuda", generator=gen).bfloat16()
+    out, grad_w, grad_alpha = run("cuda", w, alpha, g, fmt)
+    ref_out, ref_grad_w, ref_grad_alpha = run("reference", w, alpha, g, fmt)
+    assert torch.equal(out, ref_out)
+    assert torch.equal(grad_w, ref_grad_w)
+    # Rows of 65k terms can nearly cancel, so bound the summation-order difference by the sum
+    # of the terms' magnitudes (|dq| is at most max(|Qn|, Qp, 1)) rather than by the result.
+    dq_max = max(abs(fmt.qn), abs(fmt.qp), 1.0)
+    magnitude = g.float().abs().sum(dim=1, keepdim=True) * dq_max * grad_scale(w, fmt)
+    assert ((grad_alpha - ref_grad_alpha).abs() <= 1e-5 * magnitude).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -5,10 +5,11 @@
 // scale-gradient contribution in fp32 inside the block (fixed order, so deterministic).
 //
 // The math must match qat/quant/reference.py bit for bit, so every rounding step of the
-// reference is one IEEE-rounded operation here: __fdiv_rn/__fmul_rn/__fadd_rn/__fsub_rn keep
-// nvcc from contracting a multiply and an add into one FMA (a single rounding instead of two)
-// and are exact whatever fast-math flags the build adds. Weights are fp32 or bf16; bf16 is
-// carried as its 16 raw bits so the conversions are explicit.
+// reference is one IEEE-rounded operation here: __fmul_rn/__fadd_rn/__fsub_rn keep nvcc from
+// contracting a multiply and an add into one FMA (a single rounding instead of two) and are
+// exact whatever fast-math flags the build adds. w/α is the IEEE quotient wherever it can
+// change a result, computed without a division (divide() below). Weights are fp32 or bf16;
+// bf16 is carried as its 16 raw bits so the conversions are explicit.
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
@@ -31,7 +32,8 @@ enum Family : int64_t { kBinary = 0, kSeq = 1, kLsq = 2 };
 // Each thread loads kUnroll 16-byte vectors per tensor before the first use, so several loads
 // are in flight. Measured on the H100 (bf16 forward+backward, 32768×8192): 4 vectors and up to
 // 256 threads a row ran at 2,960 GB/s, 1 vector and up to 1024 threads at 2,415. Evict-first
-// hints (__stcs/__ldcs) on the outputs and on dL/dŵ were slower too.
+// hints (__stcs/__ldcs) on the outputs and on dL/dŵ were slower too, and on an H200 (session 6)
+// __ldcs on the backward's loads lost 3-6% from 8192×4096 up.
 constexpr int kUnroll = 4;
 constexpr int kMaxThreads = 256;
 
@@ -53,8 +55,8 @@ __device__ __forceinline__ float clampf(float x, float lo, float hi) {
 
 __device__ __forceinline__ float clamp_scale(float s, float eps) { return s < eps ? eps : s; }
 
-// A row's divisor α with y = RN(1/α), so that the backward pass's w/α costs a multiply and four
-// FMAs instead of div.rn's reciprocal, Newton steps and range check.
+// A row's divisor α with y = RN(1/α), so that w/α costs a multiply and four FMAs instead of
+// div.rn's reciprocal, Newton steps and per-element range check with its slow-path call.
 struct Divisor {
   float value;
   float inverse;  // RN(1/value)
@@ -66,17 +68,35 @@ __device__ __forceinline__ Divisor make_divisor(float value) {
   return Divisor{value, __frcp_rn(value), value >= 0x1p-17f && value <= 0x1p20f};
 }
 
-// RN(x/d), bit for bit what __fdiv_rn gives. q0 = RN(x·y) is within 1.5 ulp of x/d; one
-// correction with the exact FMA residual brings it within 1 ulp; then Markstein's theorem
-// (y = RN(1/d), q within 1 ulp of x/d, residual exact) makes the second correction the
-// correctly rounded quotient. The residuals are exact (no underflow) for 2^-60 <= |x| <= 2^60
-// with d in the fast range; anything else (zero, subnormal, huge, inf, NaN) takes __fdiv_rn.
+// x/d for a row whose divisor is in the fast range. For 2^-60 <= |x| < 2^61 this is RN(x/d)
+// bit for bit: q0 = RN(x·y) is within 1.5 ulp of x/d, one correction with the exact FMA
+// residual brings it within 1 ulp, and then Markstein's theorem (y = RN(1/d), q within 1 ulp
+// of x/d, residual exact) makes the second correction the correctly rounded quotient. Outside
+// that range (zero, subnormal, huge, inf, NaN) it is q0 itself, which may be an ulp off, but
+// there |x/d| is below 2^-43 or above 2^40 (or inf/NaN, which q0 carries): every rounding and
+// clipping decision comes out as with the IEEE quotient, so ŵ and dL/dw stay bit-exact, and
+// only dL/dα's row sum, compared within fp32 tolerance, can see the last-place difference of
+// a weight below 2^-60. A select rather than a branch to __fdiv_rn: that fallback's call site
+// at every element cost the backward pass 20-odd registers and with them occupancy.
 __device__ __forceinline__ float divide(float x, const Divisor& d) {
   const uint32_t exponent = (__float_as_uint(x) >> 23) & 0xffu;
-  if (!d.fast || exponent - 67u > 120u) return __fdiv_rn(x, d.value);  // |x| outside 2^±60
-  float q = __fmul_rn(x, d.inverse);
-  q = __fmaf_rn(__fmaf_rn(-q, d.value, x), d.inverse, q);
-  return __fmaf_rn(__fmaf_rn(-q, d.value, x), d.inverse, q);
+  const float q0 = __fmul_rn(x, d.inverse);
+  const float q1 = __fmaf_rn(__fmaf_rn(-q0, d.value, x), d.inverse, q0);
+  const float q2 = __fmaf_rn(__fmaf_rn(-q1, d.value, x), d.inverse, q1);
+  return exponent - 67u <= 120u ? q2 : q0;
+}
+
+// How a row divides by α: divide() when α is in the fast range (every row in training), and
+// __fdiv_rn otherwise, chosen once per row so the branch is uniform across the block.
+enum Division : int { kIeee = 0, kFast = 1 };
+
+template <int D>
+__device__ __forceinline__ float quotient(float x, const Divisor& d) {
+  if constexpr (D == kFast) {
+    return divide(x, d);
+  } else {
+    return __fdiv_rn(x, d.value);
+  }
 }
 
 // SEQ's round(clamp(u)·n − shift) + shift, which q divides by n.
@@ -99,18 +119,16 @@ __device__ __forceinline__ float project(float w, float u, const Params& p) {
   }
 }
 
-// The forward pass keeps div.rn: measured on an H200 (bf16, 4096² to 32768×8192), divide()
-// made the LSQ forward 5-10% slower and SEQ's 15%, while it made the backward pass 11-16% faster.
-template <int F>
-__device__ __forceinline__ float forward_one(float w, float alpha, const Params& p) {
-  return __fmul_rn(alpha, project<F>(w, __fdiv_rn(w, alpha), p));
+template <int F, int D>
+__device__ __forceinline__ float forward_one(float w, const Divisor& alpha, const Params& p) {
+  return __fmul_rn(alpha.value, project<F>(w, quotient<D>(w, alpha), p));
 }
 
 // Returns dL/dw for one weight and adds its term of the row's dL/dα sum to acc.
-template <int F>
+template <int F, int D>
 __device__ __forceinline__ float backward_one(float w, float g, const Divisor& alpha,
                                               const Params& p, float& acc) {
-  const float u = divide(w, alpha);
+  const float u = quotient<D>(w, alpha);
   const bool small = u < p.lo;
   const bool big = u > p.hi;
   float dq;
@@ -181,42 +199,60 @@ struct Storage<uint16_t> {
   }
 };
 
+// One row of the forward pass, 16-byte vectors: each thread loads kUnroll vectors before the
+// first use, so several loads are in flight.
+template <typename T, int F, int D>
+__device__ __forceinline__ void forward_row_vec(const T* w_row, T* out_row, int64_t cols,
+                                                const Divisor& alpha, const Params& p) {
+  using S = Storage<T>;
+  const int64_t n_vec = cols / S::kPerVec;
+  const uint4* wv = reinterpret_cast<const uint4*>(w_row);
+  uint4* ov = reinterpret_cast<uint4*>(out_row);
+  for (int64_t base = threadIdx.x; base < n_vec; base += int64_t{blockDim.x} * kUnroll) {
+    uint4 raw[kUnroll];
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int64_t i = base + int64_t{k} * blockDim.x;
+      if (i < n_vec) raw[k] = __ldg(wv + i);
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int64_t i = base + int64_t{k} * blockDim.x;
+      if (i < n_vec) {
+        float f[S::kPerVec];
+        S::unpack(raw[k], f);
+#pragma unroll
+        for (int j = 0; j < S::kPerVec; ++j) f[j] = forward_one<F, D>(f[j], alpha, p);
+        ov[i] = S::pack(f);
+      }
+    }
+  }
+}
+
+// One row of the forward pass, element by element: any length and alignment.
+template <typename T, int F, int D>
+__device__ __forceinline__ void forward_row_scalar(const T* w_row, T* out_row, int64_t cols,
+                                                   const Divisor& alpha, const Params& p) {
+  using S = Storage<T>;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    S::store(out_row, i, forward_one<F, D>(S::load(w_row, i), alpha, p));
+  }
+}
+
 template <typename T, int F, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads)
     forward_kernel(const T* __restrict__ w, const float* __restrict__ scale, T* __restrict__ out,
                    int64_t cols, Params p) {
-  using S = Storage<T>;
   const int64_t row = blockIdx.x;
-  const float alpha = clamp_scale(scale[row], p.eps);
+  const Divisor alpha = make_divisor(clamp_scale(scale[row], p.eps));
   const T* w_row = w + row * cols;
   T* out_row = out + row * cols;
-  if constexpr (kVec) {
-    const int64_t n_vec = cols / S::kPerVec;
-    const uint4* wv = reinterpret_cast<const uint4*>(w_row);
-    uint4* ov = reinterpret_cast<uint4*>(out_row);
-    for (int64_t base = threadIdx.x; base < n_vec; base += int64_t{blockDim.x} * kUnroll) {
-      uint4 raw[kUnroll];
-#pragma unroll
-      for (int k = 0; k < kUnroll; ++k) {
-        const int64_t i = base + int64_t{k} * blockDim.x;
-        if (i < n_vec) raw[k] = __ldg(wv + i);
-      }
-#pragma unroll
-      for (int k = 0; k < kUnroll; ++k) {
-        const int64_t i = base + int64_t{k} * blockDim.x;
-        if (i < n_vec) {
-          float f[S::kPerVec];
-          S::unpack(raw[k], f);
-#pragma unroll
-          for (int j = 0; j < S::kPerVec; ++j) f[j] = forward_one<F>(f[j], alpha, p);
-          ov[i] = S::pack(f);
-        }
-      }
-    }
+  if (!alpha.fast) {
+    forward_row_scalar<T, F, kIeee>(w_row, out_row, cols, alpha, p);
+  } else if constexpr (kVec) {
+    forward_row_vec<T, F, kFast>(w_row, out_row, cols, alpha, p);
   } else {
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-      S::store(out_row, i, forward_one<F>(S::load(w_row, i), alpha, p));
-    }
+    forward_row_scalar<T, F, kFast>(w_row, out_row, cols, alpha, p);
   }
 }
 
@@ -235,52 +271,77 @@ __device__ __forceinline__ float block_sum(float v) {
   return v;
 }
 
+// One row of the backward pass, 16-byte vectors, kUnroll of each tensor in flight per thread.
+// Writes dL/dw and returns this thread's part of the row's dL/dα sum.
+template <typename T, int F, int D>
+__device__ __forceinline__ float backward_row_vec(const T* grad, const T* w, T* grad_w,
+                                                  int64_t cols, const Divisor& alpha,
+                                                  const Params& p) {
+  using S = Storage<T>;
+  float acc = 0.f;
+  const int64_t n_vec = cols / S::kPerVec;
+  const uint4* gv = reinterpret_cast<const uint4*>(grad);
+  const uint4* wv = reinterpret_cast<const uint4*>(w);
+  uint4* ov = reinterpret_cast<uint4*>(grad_w);
+  for (int64_t base = threadIdx.x; base < n_vec; base += int64_t{blockDim.x} * kUnroll) {
+    uint4 w_raw[kUnroll];
+    uint4 g_raw[kUnroll];
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int64_t i = base + int64_t{k} * blockDim.x;
+      if (i < n_vec) {
+        w_raw[k] = __ldg(wv + i);
+        g_raw[k] = __ldg(gv + i);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int64_t i = base + int64_t{k} * blockDim.x;
+      if (i < n_vec) {
+        float wf[S::kPerVec];
+        float gf[S::kPerVec];
+        S::unpack(w_raw[k], wf);
+        S::unpack(g_raw[k], gf);
+#pragma unroll
+        for (int j = 0; j < S::kPerVec; ++j) {
+          gf[j] = backward_one<F, D>(wf[j], gf[j], alpha, p, acc);
+        }
+        ov[i] = S::pack(gf);
+      }
+    }
+  }
+  return acc;
+}
+
+template <typename T, int F, int D>
+__device__ __forceinline__ float backward_row_scalar(const T* grad, const T* w, T* grad_w,
+                                                     int64_t cols, const Divisor& alpha,
+                                                     const Params& p) {
+  using S = Storage<T>;
+  float acc = 0.f;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    S::store(grad_w, i, backward_one<F, D>(S::load(w, i), S::load(grad, i), alpha, p, acc));
+  }
+  return acc;
+}
+
 template <typename T, int F, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads)
     backward_kernel(const T* __restrict__ grad, const T* __restrict__ w,
                     const float* __restrict__ scale, T* __restrict__ grad_w,
                     float* __restrict__ grad_scale, int64_t cols, Params p, float grad_factor) {
-  using S = Storage<T>;
   const int64_t row = blockIdx.x;
   const Divisor alpha = make_divisor(clamp_scale(scale[row], p.eps));
-  const int64_t offset = row * cols;
-  float acc = 0.f;
-  if constexpr (kVec) {
-    const int64_t n_vec = cols / S::kPerVec;
-    const uint4* gv = reinterpret_cast<const uint4*>(grad + offset);
-    const uint4* wv = reinterpret_cast<const uint4*>(w + offset);
-    uint4* ov = reinterpret_cast<uint4*>(grad_w + offset);
-    for (int64_t base = threadIdx.x; base < n_vec; base += int64_t{blockDim.x} * kUnroll) {
-      uint4 w_raw[kUnroll];
-      uint4 g_raw[kUnroll];
-#pragma unroll
-      for (int k = 0; k < kUnroll; ++k) {
-        const int64_t i = base + int64_t{k} * blockDim.x;
-        if (i < n_vec) {
-          w_raw[k] = __ldg(wv + i);
-          g_raw[k] = __ldg(gv + i);
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < kUnroll; ++k) {
-        const int64_t i = base + int64_t{k} * blockDim.x;
-        if (i < n_vec) {
-          float wf[S::kPerVec];
-          float gf[S::kPerVec];
-          S::unpack(w_raw[k], wf);
-          S::unpack(g_raw[k], gf);
-#pragma unroll
-          for (int j = 0; j < S::kPerVec; ++j) gf[j] = backward_one<F>(wf[j], gf[j], alpha, p, acc);
-          ov[i] = S::pack(gf);
-        }
-      }
-    }
+  const T* g_row = grad + row * cols;
+  const T* w_row = w + row * cols;
+  T* gw_row = grad_w + row * cols;
+  float acc;
+  if (!alpha.fast) {
+    acc = backward_row_scalar<T, F, kIeee>(g_row, w_row, gw_row, cols, alpha, p);
+  } else if constexpr (kVec) {
+    acc = backward_row_vec<T, F, kFast>(g_row, w_row, gw_row, cols, alpha, p);
   } else {
-    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-      const float gw =
-          backward_one<F>(S::load(w + offset, i), S::load(grad + offset, i), alpha, p, acc);
-      S::store(grad_w + offset, i, gw);
-    }
+    acc = backward_row_scalar<T, F, kFast>(g_row, w_row, gw_row, cols, alpha, p);
   }
   const float total = block_sum(acc);
   if (threadIdx.x == 0) grad_scale[row] = __fmul_rn(total, grad_factor);
