@@ -77,7 +77,8 @@ __device__ __forceinline__ Divisor make_divisor(float value) {
 // clipping decision comes out as with the IEEE quotient, so ŵ and dL/dw stay bit-exact, and
 // only dL/dα's row sum, compared within fp32 tolerance, can see the last-place difference of
 // a weight below 2^-60. A select rather than a branch to __fdiv_rn: that fallback's call site
-// at every element cost the backward pass 20-odd registers and with them occupancy.
+// at every element held the bf16 backward at 69 registers (64 without: 8 blocks of 128 threads
+// a multiprocessor instead of 7), and that pass was 4-20% slower (H200, 4096² to 32768×8192).
 __device__ __forceinline__ float divide(float x, const Divisor& d) {
   const uint32_t exponent = (__float_as_uint(x) >> 23) & 0xffu;
   const float q0 = __fmul_rn(x, d.inverse);
@@ -313,6 +314,7 @@ __device__ __forceinline__ float backward_row_vec(const T* grad, const T* w, T* 
   return acc;
 }
 
+// One row of the backward pass, element by element: any length and alignment.
 template <typename T, int F, int D>
 __device__ __forceinline__ float backward_row_scalar(const T* grad, const T* w, T* grad_w,
                                                      int64_t cols, const Divisor& alpha,
