@@ -5,10 +5,12 @@ times one variant after the other, and at 4096² its run-to-run spread is ~10%).
 
 Back-to-back replays leave part of each pass's tensors in L2 for the next one, which a training
 step, with a whole model between a weight's forward and backward, does not. --cold-l2 also
-times every variant with an L2-sized buffer written before each forward+backward, and reports
-that time less the time of the write alone.
+times every variant with an L2-sized buffer written before each forward+backward. --train-like
+times them as they run in training: the buffer is written before the forward, and again before
+the backward, after which dL/dŵ is written afresh (as the matmul that computes it leaves it in
+L2). Both report the time less that of the extra writes alone.
 
-    python bench/fake_quant_interleaved.py --sizes 4096x4096,8192x4096 --cold-l2
+    python bench/fake_quant_interleaved.py --sizes 4096x4096,8192x4096 --cold-l2 --train-like
 
 Prints, per size, each variant's median time, the ratio of medians and how many rounds the
 kernel won; writes the JSON to --out.
@@ -59,6 +61,10 @@ def interleave(graphs: dict[str, torch.cuda.CUDAGraph], args: argparse.Namespace
     return times
 
 
+def evict(flush: torch.Tensor) -> None:
+    flush.fill_(1.0)
+
+
 def bench_size(rows: int, cols: int, args: argparse.Namespace) -> dict:
     fmt = format_for_bits(args.bits)
     w0 = torch.randn(rows, cols, device="cuda").to(DTYPES[args.dtype])
@@ -68,43 +74,59 @@ def bench_size(rows: int, cols: int, args: argparse.Namespace) -> dict:
     want = torch.autograd.grad(reference_fake_quant(w, scale, fmt), (w, scale), grad)
     graphs, result = {}, {"rows": rows, "cols": cols, "dtype": args.dtype, "bits": args.bits}
     # Twice the L2 of any current GPU, so that writing it evicts everything else.
-    flush = torch.empty(64 * 2**20 if args.cold_l2 else 0, device="cuda")
-    for name, fn in variants(fmt, ["cuda", "compiled_exact"]).items():
+    evicting = args.cold_l2 or args.train_like
+    flush = torch.empty(64 * 2**20 if evicting else 0, device="cuda")
+    other = args.against
+    for name, fn in variants(fmt, ["cuda", other]).items():
 
         def fwd_bwd(fn=fn):
             return torch.autograd.grad(fn(w, scale), (w, scale), grad)
 
+        def cold(fwd_bwd=fwd_bwd):
+            evict(flush)
+            return fwd_bwd()
+
+        def train_like(fn=fn):
+            evict(flush)
+            out = fn(w, scale)
+            # The backward starts as the matmul that computes dL/dŵ finishes: whatever the
+            # forward left in L2 is gone, and dL/dŵ has just been written.
+            out.register_hook(lambda g: (evict(flush), g * 1.0)[1])
+            return torch.autograd.grad(out, (w, scale), grad)
+
         graphs[name], (grad_w, grad_scale) = capture(fwd_bwd)
         if args.cold_l2:
-
-            def cold(fwd_bwd=fwd_bwd):
-                flush.fill_(1.0)
-                return fwd_bwd()
-
             graphs[f"{name}_cold"], _ = capture(cold)
+        if args.train_like:
+            graphs[f"{name}_train"], _ = capture(train_like)
         graphs[name].replay()
         result[f"{name}_grad_w_maxdiff"] = max_diff(grad_w, want[0])
         result[f"{name}_grad_scale_maxrel"] = max_diff(grad_scale, want[1]) / max(
             want[1].abs().max().item(), 1e-30
         )
-    if "compiled_exact" not in graphs:
+    if other not in graphs:
         sys.exit("this torch has no exact-division option for torch.compile")
+    # What each regime adds to the two passes, timed alone and subtracted.
+    overheads = {"": None}
     if args.cold_l2:
-        graphs["flush"], _ = capture(lambda: flush.fill_(1.0))
+        graphs["cold_alone"], _ = capture(lambda: evict(flush))
+        overheads["_cold"] = "cold_alone"
+    if args.train_like:
+        graphs["train_alone"], _ = capture(lambda: (evict(flush), evict(flush), grad * 1.0))
+        overheads["_train"] = "train_alone"
     times = interleave(graphs, args)
-    flush_ms = statistics.median(times.pop("flush")) if args.cold_l2 else 0.0
     nbytes = w0.numel() * w0.element_size()
     result["rounds"] = args.rounds
-    for suffix in ["", "_cold"] if args.cold_l2 else [""]:
-        less = flush_ms if suffix else 0.0
-        for name in ("cuda", "compiled_exact"):
+    for suffix, alone in overheads.items():
+        less = statistics.median(times[alone]) if alone else 0.0
+        for name in ("cuda", other):
             ms = statistics.median(times[name + suffix]) - less
             result[f"{name}{suffix}_fwdbwd_us"] = ms * 1e3
             result[f"{name}{suffix}_fwdbwd_gbps"] = 5 * nbytes / ms / 1e6
-        result[f"cuda_over_compiled_exact{suffix}"] = (
-            result[f"compiled_exact{suffix}_fwdbwd_us"] / result[f"cuda{suffix}_fwdbwd_us"]
+        result[f"cuda_over_{other}{suffix}"] = (
+            result[f"{other}{suffix}_fwdbwd_us"] / result[f"cuda{suffix}_fwdbwd_us"]
         )
-        pairs = zip(times["cuda" + suffix], times["compiled_exact" + suffix], strict=True)
+        pairs = zip(times["cuda" + suffix], times[other + suffix], strict=True)
         result[f"cuda_won_rounds{suffix}"] = sum(c < e for c, e in pairs)
     return result
 
@@ -121,6 +143,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cold-l2", action="store_true", help="also time each pass after evicting the L2 cache"
     )
+    parser.add_argument(
+        "--train-like",
+        action="store_true",
+        help="also time the passes with the L2 evicted before each and dL/dŵ freshly written",
+    )
+    parser.add_argument(
+        "--against",
+        default="compiled_exact",
+        choices=["compiled_exact", "compiled"],
+        help="torch.compile of the reference with IEEE division, or as compiled by default "
+        "(which multiplies by a reciprocal and so does not compute the reference's results)",
+    )
     parser.add_argument("--out", default="bench/results/fake_quant_interleaved.json")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -130,16 +164,17 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(bench_size(r, c, args))
         print(json.dumps(rows[-1]), flush=True)
     write_record(args.out, rows=rows)
-    print("\n| shape | L2 | cuda µs | compiled_exact µs | cuda / compiled_exact | cuda won |")
+    other = args.against
+    print(f"\n| shape | L2 | cuda µs | {other} µs | cuda / {other} | cuda won |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        for suffix, l2 in [("", "warm"), ("_cold", "cold")]:
+        for suffix, l2 in [("", "warm"), ("_cold", "cold"), ("_train", "training-like")]:
             if f"cuda{suffix}_fwdbwd_us" in row:
                 print(
                     f"| {row['rows']}×{row['cols']} | {l2} | "
                     f"{row[f'cuda{suffix}_fwdbwd_us']:.2f} | "
-                    f"{row[f'compiled_exact{suffix}_fwdbwd_us']:.2f} | "
-                    f"{row[f'cuda_over_compiled_exact{suffix}']:.3f} | "
+                    f"{row[f'{other}{suffix}_fwdbwd_us']:.2f} | "
+                    f"{row[f'cuda_over_{other}{suffix}']:.3f} | "
                     f"{row[f'cuda_won_rounds{suffix}']}/{row['rounds']} |"
                 )
 

@@ -25,8 +25,19 @@ pytestmark = [
 
 BITS = (1, 1.58, 2, 3, 4, 6, 8)
 DTYPES = (torch.float32, torch.bfloat16)
-# Odd sizes take the scalar path; multiples of 8 columns the 16-byte vector path.
-SHAPES = ((1, 1), (3, 7), (5, 8), (2, 36), (33, 1000), (7, 4100), (17, 4095), (4096, 4096))
+# Odd sizes take the scalar path; multiples of 8 columns the 16-byte vector path, whose forward
+# cuts rows into segments of 1,024 (bf16) or 512 (fp32) columns: 2056 and 4100 end on a short one.
+SHAPES = (
+    (1, 1),
+    (3, 7),
+    (5, 8),
+    (2, 36),
+    (33, 1000),
+    (9, 2056),
+    (7, 4100),
+    (17, 4095),
+    (4096, 4096),
+)
 
 
 def problem(shape, dtype, fmt, seed):

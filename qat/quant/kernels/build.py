@@ -18,6 +18,7 @@ from types import ModuleType
 import torch
 
 SOURCES = ("binding.cpp", "fake_quant.cu")
+HEADERS = ("division.cuh",)  # included by fake_quant.cu: part of the key, not compiled alone
 _HERE = Path(__file__).resolve().parent
 _extension: ModuleType | None = None
 
@@ -60,7 +61,7 @@ def _arch_tag() -> str:
 def build_key() -> str:
     """Source hash, architectures, torch and CUDA versions, safe as a folder name."""
     digest = hashlib.sha256()
-    for name in SOURCES:
+    for name in SOURCES + HEADERS:
         digest.update(name.encode())
         digest.update((_HERE / name).read_bytes())
     key = f"{digest.hexdigest()[:16]}-{_arch_tag()}-torch{torch.__version__}-cu{torch.version.cuda}"

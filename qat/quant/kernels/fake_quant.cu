@@ -1,21 +1,24 @@
 // ParetoQ-family fake quantization with per-output-channel scales: forward and fused backward.
 //
-// One block per weight row. The forward pass reads the row and its scale and writes the
-// quantized row; the backward pass reads w and dL/dŵ once, writes dL/dw and reduces the row's
-// scale-gradient contribution in fp32 inside the block (fixed order, so deterministic).
+// The forward pass reads each weight and its row's scale and writes the quantized weight, a
+// block per segment of a row. The backward pass, a block per row, reads w and dL/dŵ once,
+// writes dL/dw and reduces the row's scale-gradient contribution in fp32 inside the block
+// (fixed order, so deterministic).
 //
 // The math must match qat/quant/reference.py bit for bit, so every rounding step of the
 // reference is one IEEE-rounded operation here: __fmul_rn/__fadd_rn/__fsub_rn keep nvcc from
 // contracting a multiply and an add into one FMA (a single rounding instead of two) and are
 // exact whatever fast-math flags the build adds. w/α is the IEEE quotient wherever it can
-// change a result, computed without a division (divide() below). Weights are fp32 or bf16;
-// bf16 is carried as its 16 raw bits so the conversions are explicit.
+// change a result, computed without a division (divide() in division.cuh). Weights are fp32
+// or bf16; bf16 is carried as its 16 raw bits so the conversions are explicit.
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
+
+#include "division.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -36,6 +39,10 @@ enum Family : int64_t { kBinary = 0, kSeq = 1, kLsq = 2 };
 // __ldcs on the backward's loads lost 3-6% from 8192×4096 up.
 constexpr int kUnroll = 4;
 constexpr int kMaxThreads = 256;
+// The forward pass cuts rows into segments of one step of this many threads (1,024 bf16 or 512
+// fp32 columns). H200, bf16 4 bits, forward alone: 4096² 19.5 µs against 20.3 for a whole row
+// a block, 32768×8192 258.9 against 261.9; 64 threads a segment was between the two.
+constexpr int kSegmentThreads = 32;
 
 struct Params {
   float n;      // SEQ stretch
@@ -55,40 +62,9 @@ __device__ __forceinline__ float clampf(float x, float lo, float hi) {
 
 __device__ __forceinline__ float clamp_scale(float s, float eps) { return s < eps ? eps : s; }
 
-// A row's divisor α with y = RN(1/α), so that w/α costs a multiply and four FMAs instead of
-// div.rn's reciprocal, Newton steps and per-element range check with its slow-path call.
-struct Divisor {
-  float value;
-  float inverse;  // RN(1/value)
-  bool fast;      // value inside the range where divide() below is exact
-};
-
-__device__ __forceinline__ Divisor make_divisor(float value) {
-  // 2^-17 .. 2^20 holds every scale above SCALE_EPS = 1e-5 that training produces.
-  return Divisor{value, __frcp_rn(value), value >= 0x1p-17f && value <= 0x1p20f};
-}
-
-// x/d for a row whose divisor is in the fast range. For 2^-60 <= |x| < 2^61 this is RN(x/d)
-// bit for bit: q0 = RN(x·y) is within 1.5 ulp of x/d, one correction with the exact FMA
-// residual brings it within 1 ulp, and then Markstein's theorem (y = RN(1/d), q within 1 ulp
-// of x/d, residual exact) makes the second correction the correctly rounded quotient. Outside
-// that range (zero, subnormal, huge, inf, NaN) it is q0 itself, which may be an ulp off, but
-// there |x/d| is below 2^-43 or above 2^40 (or inf/NaN, which q0 carries): every rounding and
-// clipping decision comes out as with the IEEE quotient, so ŵ and dL/dw stay bit-exact, and
-// only dL/dα's row sum, compared within fp32 tolerance, can see the last-place difference of
-// a weight below 2^-60. A select rather than a branch to __fdiv_rn: that fallback's call site
-// at every element held the bf16 backward at 69 registers (64 without: 8 blocks of 128 threads
-// a multiprocessor instead of 7), and that pass was 4-20% slower (H200, 4096² to 32768×8192).
-__device__ __forceinline__ float divide(float x, const Divisor& d) {
-  const uint32_t exponent = (__float_as_uint(x) >> 23) & 0xffu;
-  const float q0 = __fmul_rn(x, d.inverse);
-  const float q1 = __fmaf_rn(__fmaf_rn(-q0, d.value, x), d.inverse, q0);
-  const float q2 = __fmaf_rn(__fmaf_rn(-q1, d.value, x), d.inverse, q1);
-  return exponent - 67u <= 120u ? q2 : q0;
-}
-
-// How a row divides by α: divide() when α is in the fast range (every row in training), and
-// __fdiv_rn otherwise, chosen once per row so the branch is uniform across the block.
+// How a row divides by α (and, for SEQ, by n): divide() when the divisors are in the fast range
+// (every row in training), and __fdiv_rn otherwise, chosen once per row so the branch is
+// uniform across the block.
 enum Division : int { kIeee = 0, kFast = 1 };
 
 template <int D>
@@ -105,24 +81,33 @@ __device__ __forceinline__ float seq_level(float u, const Params& p) {
   return __fadd_rn(rintf(__fsub_rn(__fmul_rn(clampf(u, p.lo, p.hi), p.n), p.shift)), p.shift);
 }
 
-template <int F>
-__device__ __forceinline__ float project(float w, float u, const Params& p) {
+template <int F, int D>
+__device__ __forceinline__ float project(float w, float u, const Divisor& stretch,
+                                         const Params& p) {
   if constexpr (F == kBinary) {
     // sign from w (not u, which may underflow to -0.0) with sign(0) = +1.
     return w >= 0.f ? 1.f : -1.f;
   } else if constexpr (F == kSeq) {
     const float level = seq_level(u, p);
-    // A zero dividend sends __fdiv_rn to its slow path, and ternary maps most weights to 0:
-    // 0/n is 0 with the dividend's sign (n > 0), so return it as is.
-    return level == 0.f ? level : __fdiv_rn(level, p.n);
+    if constexpr (D == kFast) {
+      // A level is an integer plus the shift, 0 or 1/2 in every SEQ format: 0 or at least 1/2
+      // in magnitude, where divide() is the IEEE quotient.
+      return divide(level, stretch);
+    } else {
+      // A zero dividend sends __fdiv_rn to its slow path, and ternary maps most weights to 0:
+      // 0/n is 0 with the dividend's sign (n > 0), so return it as is.
+      return level == 0.f ? level : __fdiv_rn(level, p.n);
+    }
   } else {
     return clampf(rintf(u), p.qn, p.qp);  // rintf rounds half to even, like torch.round
   }
 }
 
+// stretch is SEQ's n as a Divisor; the other families ignore it.
 template <int F, int D>
-__device__ __forceinline__ float forward_one(float w, const Divisor& alpha, const Params& p) {
-  return __fmul_rn(alpha.value, project<F>(w, quotient<D>(w, alpha), p));
+__device__ __forceinline__ float forward_one(float w, const Divisor& alpha,
+                                             const Divisor& stretch, const Params& p) {
+  return __fmul_rn(alpha.value, project<F, D>(w, quotient<D>(w, alpha), stretch, p));
 }
 
 // Returns dL/dw for one weight and adds its term of the row's dL/dα sum to acc.
@@ -200,60 +185,96 @@ struct Storage<uint16_t> {
   }
 };
 
-// One row of the forward pass, 16-byte vectors: each thread loads kUnroll vectors before the
-// first use, so several loads are in flight.
+// Loads one step of a row: vectors base + k·blockDim.x for k < kUnroll, those before n_vec.
+__device__ __forceinline__ void load_step(const uint4* v, int64_t base, int64_t n_vec,
+                                          uint4 (&raw)[kUnroll]) {
+#pragma unroll
+  for (int k = 0; k < kUnroll; ++k) {
+    const int64_t i = base + int64_t{k} * blockDim.x;
+    if (i < n_vec) raw[k] = __ldg(v + i);
+  }
+}
+
+// Quantizes and stores one loaded step of the forward pass.
 template <typename T, int F, int D>
-__device__ __forceinline__ void forward_row_vec(const T* w_row, T* out_row, int64_t cols,
-                                                const Divisor& alpha, const Params& p) {
+__device__ __forceinline__ void forward_step(const uint4 (&raw)[kUnroll], int64_t base,
+                                             int64_t n_vec, uint4* ov, const Divisor& alpha,
+                                             const Divisor& stretch, const Params& p) {
   using S = Storage<T>;
-  const int64_t n_vec = cols / S::kPerVec;
-  const uint4* wv = reinterpret_cast<const uint4*>(w_row);
-  uint4* ov = reinterpret_cast<uint4*>(out_row);
-  for (int64_t base = threadIdx.x; base < n_vec; base += int64_t{blockDim.x} * kUnroll) {
+#pragma unroll
+  for (int k = 0; k < kUnroll; ++k) {
+    const int64_t i = base + int64_t{k} * blockDim.x;
+    if (i < n_vec) {
+      float f[S::kPerVec];
+      S::unpack(raw[k], f);
+#pragma unroll
+      for (int j = 0; j < S::kPerVec; ++j) f[j] = forward_one<F, D>(f[j], alpha, stretch, p);
+      ov[i] = S::pack(f);
+    }
+  }
+}
+
+// One segment of a row in the forward pass, 16-byte vectors, its first step already loaded.
+template <typename T, int F, int D>
+__device__ __forceinline__ void forward_segment_vec(const uint4 (&first)[kUnroll], const T* w,
+                                                    T* out, int64_t len, const Divisor& alpha,
+                                                    const Divisor& stretch, const Params& p) {
+  const int64_t n_vec = len / Storage<T>::kPerVec;
+  const int64_t stride = int64_t{blockDim.x} * kUnroll;
+  const uint4* wv = reinterpret_cast<const uint4*>(w);
+  uint4* ov = reinterpret_cast<uint4*>(out);
+  forward_step<T, F, D>(first, threadIdx.x, n_vec, ov, alpha, stretch, p);
+  for (int64_t base = threadIdx.x + stride; base < n_vec; base += stride) {
     uint4 raw[kUnroll];
-#pragma unroll
-    for (int k = 0; k < kUnroll; ++k) {
-      const int64_t i = base + int64_t{k} * blockDim.x;
-      if (i < n_vec) raw[k] = __ldg(wv + i);
-    }
-#pragma unroll
-    for (int k = 0; k < kUnroll; ++k) {
-      const int64_t i = base + int64_t{k} * blockDim.x;
-      if (i < n_vec) {
-        float f[S::kPerVec];
-        S::unpack(raw[k], f);
-#pragma unroll
-        for (int j = 0; j < S::kPerVec; ++j) f[j] = forward_one<F, D>(f[j], alpha, p);
-        ov[i] = S::pack(f);
-      }
-    }
+    load_step(wv, base, n_vec, raw);
+    forward_step<T, F, D>(raw, base, n_vec, ov, alpha, stretch, p);
   }
 }
 
-// One row of the forward pass, element by element: any length and alignment.
+// One segment of a row in the forward pass, element by element: any length and alignment.
 template <typename T, int F, int D>
-__device__ __forceinline__ void forward_row_scalar(const T* w_row, T* out_row, int64_t cols,
-                                                   const Divisor& alpha, const Params& p) {
+__device__ __forceinline__ void forward_segment_scalar(const T* w, T* out, int64_t len,
+                                                       const Divisor& alpha,
+                                                       const Divisor& stretch, const Params& p) {
   using S = Storage<T>;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    S::store(out_row, i, forward_one<F, D>(S::load(w_row, i), alpha, p));
+  for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
+    S::store(out, i, forward_one<F, D>(S::load(w, i), alpha, stretch, p));
   }
 }
 
+// Whether a row can divide with divide(): α, and for SEQ also n, in the fast range.
+template <int F>
+__device__ __forceinline__ bool fast_row(const Divisor& alpha, const Divisor& stretch) {
+  return alpha.fast && (F != kSeq || stretch.fast);
+}
+
+// Block b quantizes columns [s, s + seg) of row b / segments, s = (b % segments)·seg. The
+// forward pass has no row reduction, so a row can be cut into segments, and many short blocks
+// were faster than one block a row at every size measured (kSegmentThreads). The segment's
+// first loads are issued before its scale arrives: behind the branch on the scale's range they
+// would wait a memory round trip.
 template <typename T, int F, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads)
     forward_kernel(const T* __restrict__ w, const float* __restrict__ scale, T* __restrict__ out,
-                   int64_t cols, Params p) {
-  const int64_t row = blockIdx.x;
+                   int64_t cols, int64_t seg, int64_t segments, Params p) {
+  const int64_t row = blockIdx.x / segments;
+  const int64_t start = (blockIdx.x % segments) * seg;
+  const int64_t len = cols - start < seg ? cols - start : seg;
+  const T* w_seg = w + row * cols + start;
+  T* out_seg = out + row * cols + start;
+  uint4 first[kUnroll];
+  if constexpr (kVec) {
+    load_step(reinterpret_cast<const uint4*>(w_seg), threadIdx.x, len / Storage<T>::kPerVec,
+              first);
+  }
   const Divisor alpha = make_divisor(clamp_scale(scale[row], p.eps));
-  const T* w_row = w + row * cols;
-  T* out_row = out + row * cols;
-  if (!alpha.fast) {
-    forward_row_scalar<T, F, kIeee>(w_row, out_row, cols, alpha, p);
+  const Divisor stretch = make_divisor(p.n);
+  if (!fast_row<F>(alpha, stretch)) {
+    forward_segment_scalar<T, F, kIeee>(w_seg, out_seg, len, alpha, stretch, p);
   } else if constexpr (kVec) {
-    forward_row_vec<T, F, kFast>(w_row, out_row, cols, alpha, p);
+    forward_segment_vec<T, F, kFast>(first, w_seg, out_seg, len, alpha, stretch, p);
   } else {
-    forward_row_scalar<T, F, kFast>(w_row, out_row, cols, alpha, p);
+    forward_segment_scalar<T, F, kFast>(w_seg, out_seg, len, alpha, stretch, p);
   }
 }
 
@@ -272,49 +293,58 @@ __device__ __forceinline__ float block_sum(float v) {
   return v;
 }
 
-// One row of the backward pass, 16-byte vectors, kUnroll of each tensor in flight per thread.
+// Computes and stores dL/dw for one loaded step of the backward pass and adds the step's terms
+// of the row's dL/dα sum to acc.
+template <typename T, int F, int D>
+__device__ __forceinline__ void backward_step(const uint4 (&w_raw)[kUnroll],
+                                              const uint4 (&g_raw)[kUnroll], int64_t base,
+                                              int64_t n_vec, uint4* ov, const Divisor& alpha,
+                                              const Params& p, float& acc) {
+  using S = Storage<T>;
+#pragma unroll
+  for (int k = 0; k < kUnroll; ++k) {
+    const int64_t i = base + int64_t{k} * blockDim.x;
+    if (i < n_vec) {
+      float wf[S::kPerVec];
+      float gf[S::kPerVec];
+      S::unpack(w_raw[k], wf);
+      S::unpack(g_raw[k], gf);
+#pragma unroll
+      for (int j = 0; j < S::kPerVec; ++j) {
+        gf[j] = backward_one<F, D>(wf[j], gf[j], alpha, p, acc);
+      }
+      ov[i] = S::pack(gf);
+    }
+  }
+}
+
+// One row of the backward pass, 16-byte vectors, its first step of w and dL/dŵ already loaded.
 // Writes dL/dw and returns this thread's part of the row's dL/dα sum.
 template <typename T, int F, int D>
-__device__ __forceinline__ float backward_row_vec(const T* grad, const T* w, T* grad_w,
+__device__ __forceinline__ float backward_row_vec(const uint4 (&w_first)[kUnroll],
+                                                  const uint4 (&g_first)[kUnroll],
+                                                  const T* grad, const T* w, T* grad_w,
                                                   int64_t cols, const Divisor& alpha,
                                                   const Params& p) {
-  using S = Storage<T>;
-  float acc = 0.f;
-  const int64_t n_vec = cols / S::kPerVec;
+  const int64_t n_vec = cols / Storage<T>::kPerVec;
+  const int64_t stride = int64_t{blockDim.x} * kUnroll;
   const uint4* gv = reinterpret_cast<const uint4*>(grad);
   const uint4* wv = reinterpret_cast<const uint4*>(w);
   uint4* ov = reinterpret_cast<uint4*>(grad_w);
-  for (int64_t base = threadIdx.x; base < n_vec; base += int64_t{blockDim.x} * kUnroll) {
+  float acc = 0.f;
+  backward_step<T, F, D>(w_first, g_first, threadIdx.x, n_vec, ov, alpha, p, acc);
+  for (int64_t base = threadIdx.x + stride; base < n_vec; base += stride) {
     uint4 w_raw[kUnroll];
     uint4 g_raw[kUnroll];
-#pragma unroll
-    for (int k = 0; k < kUnroll; ++k) {
-      const int64_t i = base + int64_t{k} * blockDim.x;
-      if (i < n_vec) {
-        w_raw[k] = __ldg(wv + i);
-        g_raw[k] = __ldg(gv + i);
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kUnroll; ++k) {
-      const int64_t i = base + int64_t{k} * blockDim.x;
-      if (i < n_vec) {
-        float wf[S::kPerVec];
-        float gf[S::kPerVec];
-        S::unpack(w_raw[k], wf);
-        S::unpack(g_raw[k], gf);
-#pragma unroll
-        for (int j = 0; j < S::kPerVec; ++j) {
-          gf[j] = backward_one<F, D>(wf[j], gf[j], alpha, p, acc);
-        }
-        ov[i] = S::pack(gf);
-      }
-    }
+    load_step(wv, base, n_vec, w_raw);
+    load_step(gv, base, n_vec, g_raw);
+    backward_step<T, F, D>(w_raw, g_raw, base, n_vec, ov, alpha, p, acc);
   }
   return acc;
 }
 
-// One row of the backward pass, element by element: any length and alignment.
+// One row of the backward pass, element by element: any length and alignment. Also every row
+// whose α is outside the fast range, which never happens in training.
 template <typename T, int F, int D>
 __device__ __forceinline__ float backward_row_scalar(const T* grad, const T* w, T* grad_w,
                                                      int64_t cols, const Divisor& alpha,
@@ -327,21 +357,31 @@ __device__ __forceinline__ float backward_row_scalar(const T* grad, const T* w, 
   return acc;
 }
 
+// One block per row, which reduces the row's dL/dα (splitting rows across a cluster of blocks
+// made this pass 20% slower). The row's first loads are issued before its scale arrives, as in
+// the forward pass.
 template <typename T, int F, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads)
     backward_kernel(const T* __restrict__ grad, const T* __restrict__ w,
                     const float* __restrict__ scale, T* __restrict__ grad_w,
                     float* __restrict__ grad_scale, int64_t cols, Params p, float grad_factor) {
   const int64_t row = blockIdx.x;
-  const Divisor alpha = make_divisor(clamp_scale(scale[row], p.eps));
   const T* g_row = grad + row * cols;
   const T* w_row = w + row * cols;
   T* gw_row = grad_w + row * cols;
+  uint4 w_first[kUnroll];
+  uint4 g_first[kUnroll];
+  if constexpr (kVec) {
+    const int64_t n_vec = cols / Storage<T>::kPerVec;
+    load_step(reinterpret_cast<const uint4*>(w_row), threadIdx.x, n_vec, w_first);
+    load_step(reinterpret_cast<const uint4*>(g_row), threadIdx.x, n_vec, g_first);
+  }
+  const Divisor alpha = make_divisor(clamp_scale(scale[row], p.eps));
   float acc;
   if (!alpha.fast) {
     acc = backward_row_scalar<T, F, kIeee>(g_row, w_row, gw_row, cols, alpha, p);
   } else if constexpr (kVec) {
-    acc = backward_row_vec<T, F, kFast>(g_row, w_row, gw_row, cols, alpha, p);
+    acc = backward_row_vec<T, F, kFast>(w_first, g_first, g_row, w_row, gw_row, cols, alpha, p);
   } else {
     acc = backward_row_scalar<T, F, kFast>(g_row, w_row, gw_row, cols, alpha, p);
   }
@@ -386,13 +426,16 @@ void forward_family(const at::Tensor& w, const at::Tensor& scale, at::Tensor& ou
   auto launch = [&](auto* w_ptr, auto* out_ptr) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(w_ptr)>>;
     constexpr int kPerVec = Storage<T>::kPerVec;
-    const dim3 grid(static_cast<unsigned>(rows));  // one block per row
     if (cols % kPerVec == 0 && aligned16(w_ptr) && aligned16(out_ptr)) {
+      const int64_t seg = std::min<int64_t>(cols, int64_t{kSegmentThreads} * kUnroll * kPerVec);
+      const int64_t segments = (cols + seg - 1) / seg;
+      TORCH_CHECK(rows * segments <= INT32_MAX, "qat fake_quant: too many rows for one launch");
       forward_kernel<T, F, true>
-          <<<grid, threads_for(cols / kPerVec), 0, stream>>>(w_ptr, s, out_ptr, cols, p);
+          <<<dim3(static_cast<unsigned>(rows * segments)), threads_for(seg / kPerVec), 0,
+             stream>>>(w_ptr, s, out_ptr, cols, seg, segments, p);
     } else {
-      forward_kernel<T, F, false>
-          <<<grid, threads_for(cols), 0, stream>>>(w_ptr, s, out_ptr, cols, p);
+      forward_kernel<T, F, false><<<dim3(static_cast<unsigned>(rows)), threads_for(cols), 0,
+                                    stream>>>(w_ptr, s, out_ptr, cols, cols, 1, p);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
