@@ -185,14 +185,21 @@ struct Storage<uint16_t> {
   }
 };
 
-// Loads one step of a row: vectors base + k·blockDim.x for k < kUnroll, those before n_vec.
-__device__ __forceinline__ void load_step(const uint4* v, int64_t base, int64_t n_vec,
-                                          uint4 (&raw)[kUnroll]) {
+// A step of a row is the vectors base + k·blockDim.x, k < kUnroll: calls fn(k, i) for each
+// vector i of the step that lies before n_vec.
+template <typename Fn>
+__device__ __forceinline__ void for_each_vector(int64_t base, int64_t n_vec, Fn&& fn) {
 #pragma unroll
   for (int k = 0; k < kUnroll; ++k) {
     const int64_t i = base + int64_t{k} * blockDim.x;
-    if (i < n_vec) raw[k] = __ldg(v + i);
+    if (i < n_vec) fn(k, i);
   }
+}
+
+// Loads one step of a row.
+__device__ __forceinline__ void load_step(const uint4* v, int64_t base, int64_t n_vec,
+                                          uint4 (&raw)[kUnroll]) {
+  for_each_vector(base, n_vec, [&](int k, int64_t i) { raw[k] = __ldg(v + i); });
 }
 
 // Quantizes and stores one loaded step of the forward pass.
@@ -201,17 +208,13 @@ __device__ __forceinline__ void forward_step(const uint4 (&raw)[kUnroll], int64_
                                              int64_t n_vec, uint4* ov, const Divisor& alpha,
                                              const Divisor& stretch, const Params& p) {
   using S = Storage<T>;
+  for_each_vector(base, n_vec, [&](int k, int64_t i) {
+    float f[S::kPerVec];
+    S::unpack(raw[k], f);
 #pragma unroll
-  for (int k = 0; k < kUnroll; ++k) {
-    const int64_t i = base + int64_t{k} * blockDim.x;
-    if (i < n_vec) {
-      float f[S::kPerVec];
-      S::unpack(raw[k], f);
-#pragma unroll
-      for (int j = 0; j < S::kPerVec; ++j) f[j] = forward_one<F, D>(f[j], alpha, stretch, p);
-      ov[i] = S::pack(f);
-    }
-  }
+    for (int j = 0; j < S::kPerVec; ++j) f[j] = forward_one<F, D>(f[j], alpha, stretch, p);
+    ov[i] = S::pack(f);
+  });
 }
 
 // One segment of a row in the forward pass, 16-byte vectors, its first step already loaded.
@@ -301,21 +304,15 @@ __device__ __forceinline__ void backward_step(const uint4 (&w_raw)[kUnroll],
                                               int64_t n_vec, uint4* ov, const Divisor& alpha,
                                               const Params& p, float& acc) {
   using S = Storage<T>;
+  for_each_vector(base, n_vec, [&](int k, int64_t i) {
+    float wf[S::kPerVec];
+    float gf[S::kPerVec];
+    S::unpack(w_raw[k], wf);
+    S::unpack(g_raw[k], gf);
 #pragma unroll
-  for (int k = 0; k < kUnroll; ++k) {
-    const int64_t i = base + int64_t{k} * blockDim.x;
-    if (i < n_vec) {
-      float wf[S::kPerVec];
-      float gf[S::kPerVec];
-      S::unpack(w_raw[k], wf);
-      S::unpack(g_raw[k], gf);
-#pragma unroll
-      for (int j = 0; j < S::kPerVec; ++j) {
-        gf[j] = backward_one<F, D>(wf[j], gf[j], alpha, p, acc);
-      }
-      ov[i] = S::pack(gf);
-    }
-  }
+    for (int j = 0; j < S::kPerVec; ++j) gf[j] = backward_one<F, D>(wf[j], gf[j], alpha, p, acc);
+    ov[i] = S::pack(gf);
+  });
 }
 
 // One row of the backward pass, 16-byte vectors, its first step of w and dL/dŵ already loaded.
