@@ -1,6 +1,9 @@
 """The extension's cache key, without a GPU: any edit to a compiled source or header rebuilds."""
 
+import fnmatch
 import shutil
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -20,10 +23,6 @@ def test_editing_any_kernel_file_changes_the_build_key(name, tmp_path, monkeypat
 
 
 def test_every_kernel_file_ships_with_the_package():
-    import fnmatch
-    import tomllib
-    from pathlib import Path
-
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["qat.quant.kernels"]
     for name in build.SOURCES + build.HEADERS:

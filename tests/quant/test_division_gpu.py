@@ -86,18 +86,14 @@ def floats_of_binade(exponent: int) -> torch.Tensor:
     return (significands | ((exponent + 127) << 23)).view(torch.float32)
 
 
-def correctly_rounded(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.float32)
-
-
 def test_inverse_is_the_correctly_rounded_reciprocal_of_every_fast_divisor(division):
     low, high = FAST_RANGE
     for exponent in range(low, high):
         alpha = floats_of_binade(exponent)
-        want = correctly_rounded(1.0 / alpha.double())
+        want = (1.0 / alpha.double()).float()
         assert torch.equal(division.inverse(alpha), want), f"binade 2^{exponent}"
     top = torch.tensor([2.0**high], device="cuda")
-    assert torch.equal(division.inverse(top), correctly_rounded(1.0 / top.double()))
+    assert torch.equal(division.inverse(top), (1.0 / top.double()).float())
 
 
 def random_floats(n: int, exponents: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
@@ -113,7 +109,7 @@ def test_divide_is_the_ieee_quotient_for_dividends_from_2_pow_minus_60_to_2_pow_
     n = 2**24
     x = random_floats(n, (-60, 61), gen)
     alpha = random_floats(n, FAST_RANGE, gen).abs()
-    want = correctly_rounded(x.double() / alpha.double())
+    want = (x.double() / alpha.double()).float()
     assert torch.equal(division.quotient(x, alpha), want)
 
 
@@ -129,12 +125,13 @@ def test_divide_outside_that_range_is_exact_or_far_from_any_rounding_decision(di
     x = torch.cat([tiny, huge, subnormal.view(torch.float32), specials])
     alpha = random_floats(x.numel(), FAST_RANGE, gen).abs()
     got = division.quotient(x, alpha)
-    want = correctly_rounded(x.double() / alpha.double())
+    want = (x.double() / alpha.double()).float()
     exact = (x == 0) | x.isinf()
     assert torch.equal(got[exact], want[exact])
+    assert torch.equal(got[exact].signbit(), want[exact].signbit())  # -0.0 stays -0.0
     # x·RN(1/α) is off by at most 2^-24 relative before its rounding, and both round by half
     # an ulp (2^-150 at most where the quotient is subnormal).
     slack = 2.0**-22 * want.double().abs() + 2.0**-149
     assert ((got.double() - want.double()).abs() <= slack)[~exact].all()
-    small = want.abs() < 2.0**-43
-    assert (small | (want.abs() > 2.0**40) | exact).all()
+    # The premise that makes that slack harmless: these quotients are far from any level.
+    assert ((want.abs() < 2.0**-43) | (want.abs() > 2.0**40) | exact).all()
