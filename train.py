@@ -11,9 +11,9 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from qat.entry import run_cell
+    from qat.orchestration.entry import run_from_hydra
 
-    return run_cell(cfg)
+    return run_from_hydra(cfg)
 
 
 if __name__ == "__main__":

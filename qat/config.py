@@ -230,6 +230,9 @@ class RunConfig:
             "bits": self.bits,
             "fusion": self.fusion if not self.is_fp_only else False,
             "seed": self.seed,
+            # fp32 and bf16 train different numbers; "auto" resolves per device, and a cell
+            # refuses to mix with weights trained in the other (qat.orchestration.provenance).
+            "precision": self.trainer.precision,
         }
 
     @property

@@ -16,121 +16,8 @@ is marked KILLED and resumes from its checkpoint next time) and exits 3.
 from __future__ import annotations
 
 import argparse
-import itertools
-import os
-import queue
-import signal
-import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Outcome:
-    done: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    stopped: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def sweep_params(overrides: list[str]) -> dict[str, list[str]]:
-    """The sweep's keys and values: the grid file's hydra.sweeper.params, then the command line's
-    comma lists (which win), in the order Hydra sweeps them."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from qat.grid import CONF_DIR
-
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True)
-    params = {k: str(v) for k, v in (hydra_cfg.hydra.sweeper.get("params") or {}).items()}
-    for override in parsed:
-        if override.is_sweep_override():
-            params[override.get_key_element()] = override.input_line.split("=", 1)[1]
-    return {key: [v.strip() for v in value.split(",")] for key, value in params.items()}
-
-
-def sub_grids(params: dict[str, list[str]], split: list[str]) -> list[list[str]]:
-    """One override list per combination of the swept ``split`` keys' values."""
-    keys = [key for key in params if key in split]
-    return [
-        [f"{key}={value}" for key, value in zip(keys, values, strict=True)]
-        for values in itertools.product(*(params[key] for key in keys))
-    ]
-
-
-def _register(overrides: list[str]) -> int:
-    from qat.grid import expand_grid
-    from qat.plan import register_branch_points
-
-    cells = expand_grid(overrides)
-    register_branch_points(cells)
-    return len(cells)
-
-
-def register_all(base: list[str], grids: list[list[str]], processes: int) -> int:
-    """Register every sub-grid's branch points (expanding a grid is slow: in parallel)."""
-    from tqdm.auto import tqdm
-
-    with ProcessPoolExecutor(max_workers=processes) as pool:
-        jobs = [pool.submit(_register, [*base, *grid]) for grid in grids]
-        return sum(job.result() for job in tqdm(jobs, desc="registering branch points"))
-
-
-def _worker(
-    gpu: str | None,
-    jobs: queue.Queue,
-    base: list[str],
-    log_dir: Path,
-    deadline: float,
-    outcome: Outcome,
-    progress,
-) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    while time.monotonic() < deadline:
-        try:
-            index, grid = jobs.get_nowait()
-        except queue.Empty:
-            return
-        name = " ".join(grid)
-        sweep_dir = log_dir / f"{index:04d}"
-        command = [
-            sys.executable,
-            str(REPO / "train.py"),
-            "-m",
-            *base,
-            *grid,
-            "trainer.progress=false",
-            f"hydra.sweep.dir={sweep_dir}",
-        ]
-        with open(log_dir / f"{index:04d}.log", "w") as log:
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.5)
-            if proc.poll() is None:  # out of time: KILLED in MLflow, resumable
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                with outcome.lock:
-                    outcome.stopped.append(name)
-                return
-        with outcome.lock:
-            (outcome.done if proc.returncode == 0 else outcome.failed).append(name)
-        progress.update(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,58 +36,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from qat.orchestration.node_workers import run_grid
+
     gpus = torch.cuda.device_count() if args.gpus is None else args.gpus
     if gpus > torch.cuda.device_count():
         parser.error(f"--gpus {gpus}, but {torch.cuda.device_count()} are visible")
     base = [o for o in args.overrides if o not in ("-m", "--multirun")]
-    grids = sub_grids(sweep_params(base), [k for k in args.split.split(",") if k])
-    workers = max(gpus, 1) * args.workers_per_gpu
-    started = time.monotonic()
-    cells = register_all(base, grids, min(workers, os.cpu_count() or 1))
-    print(f"{cells} cells in {len(grids)} sub-grids; {workers} workers on {gpus or 'no'} GPU(s)")
-
-    log_dir = args.log_dir or Path("multirun") / "node_grid" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    jobs: queue.Queue = queue.Queue()
-    for item in enumerate(grids):
-        jobs.put(item)
-    deadline = started + args.deadline if args.deadline else float("inf")
-    outcome = Outcome()
-    from tqdm.auto import tqdm
-
-    # Device ids as this process sees them (a CUDA_VISIBLE_DEVICES of ours is kept).
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
-    with tqdm(total=len(grids), desc="sub-grids", unit="grid") as progress:
-        threads = [
-            threading.Thread(
-                target=_worker,
-                args=(
-                    ids[i % gpus] if gpus else None,
-                    jobs,
-                    base,
-                    log_dir,
-                    deadline,
-                    outcome,
-                    progress,
-                ),
-            )
-            for i in range(workers)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    left = jobs.qsize() + len(outcome.stopped)
-    print(
-        f"{len(outcome.done)} sub-grids done, {len(outcome.failed)} failed, {left} left "
-        f"in {time.monotonic() - started:.0f} s; logs in {log_dir}"
-    )
-    for name in outcome.failed:
-        print(f"error: sub-grid failed: {name} (see its log in {log_dir})", file=sys.stderr)
-    if outcome.failed:
-        return 1
-    return 3 if left else 0
+    split = [k for k in args.split.split(",") if k]
+    return run_grid(base, gpus, args.workers_per_gpu, split, args.deadline, args.log_dir)
 
 
 if __name__ == "__main__":

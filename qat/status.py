@@ -12,28 +12,12 @@ from collections import Counter
 STATES = ("finished", "running", "queued", "failed", "new")
 
 
-def grid_status(overrides: list[str]) -> list[tuple[str, str, str]]:
-    """(state, run key, cell description) for every unique cell of the grid."""
-    from qat.cell_status import cell_status, queued_job_ids
-    from qat.grid import expand_grid
-    from qat.plan import unique_cells
-
-    live_jobs = queued_job_ids()
-    rows = []
-    for config in unique_cells(expand_grid(overrides)):
-        cell = (
-            f"{config.model.name} bits={config.bits:g} qat_frac={config.qat_frac:g} "
-            f"tokens={config.tokens} fusion={config.fusion}"
-        )
-        rows.append((cell_status(config, live_jobs), config.run_key, cell))
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from qat.errors import QatError
-    from qat.grid import cli_overrides
+    from qat.orchestration.cell_status import grid_status
+    from qat.orchestration.grid import cli_overrides
 
     args = cli_overrides(sys.argv[1:] if argv is None else argv, __doc__)
     if args is None:

@@ -1,8 +1,6 @@
 """Experiment tracking: MLflow (one run per grid cell) and a metrics.jsonl in the run folder.
 
-Contract (see README): tag ``run_key``; params = the flattened resolved config plus ``n_params``,
-``n_params_total``, ``tokens_fp``, ``tokens_qat``; metrics by tokens seen; a run is FINISHED only
-once ``final/val_loss`` is logged.
+The schema (names, default store) is qat.tracking_schema's.
 """
 
 from __future__ import annotations
@@ -16,28 +14,14 @@ from typing import Any, Protocol, TypeVar
 
 from qat.errors import TrackingError
 from qat.locks import file_lock
+from qat.tracking_schema import FINAL_METRIC, RUN_KEY_TAG, resolve_tracking_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-RUN_KEY_TAG = "run_key"
-FINAL_METRIC = "final/val_loss"
 _T = TypeVar("_T")
 
 # A dead server should fail in seconds, not after MLflow's default minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else SQLite in the working directory.
-
-    A relative SQLite path is made absolute so that jobs running elsewhere write the same store.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
 
 
 class MetricSink(Protocol):

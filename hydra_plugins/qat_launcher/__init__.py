@@ -19,7 +19,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf, open_dict
 
-from qat.cell_status import cell_status, queued_job_ids, record_job
+from qat.orchestration.cell_status import cell_status, queued_job_ids, record_job
 
 log = logging.getLogger(__name__)
 

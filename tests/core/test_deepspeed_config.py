@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qat.config import RunConfig
-from qat.deepspeed_trainer import deepspeed_config
+from qat.engine.deepspeed_backend import deepspeed_config
 from qat.errors import ConfigError
 
 TREE = {

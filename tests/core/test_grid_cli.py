@@ -1,6 +1,6 @@
 """The argument handling the grid commands (qat.plan, qat.status) share."""
 
-from qat.grid import cli_overrides
+from qat.orchestration.grid import cli_overrides
 
 
 def test_multirun_flag_is_accepted_and_dropped():

@@ -84,7 +84,7 @@ def test_jsonl_sink_appends_records(tmp_path):
 
 
 def test_claims_keep_a_second_owner_out_until_the_first_is_gone(tmp_path, monkeypatch):
-    from qat import claim as claims
+    from qat.orchestration import claim as claims
 
     first = claims.Claim(tmp_path)
     first.acquire()
@@ -101,7 +101,7 @@ def test_a_dead_local_owner_or_an_old_heartbeat_frees_the_claim(tmp_path):
     import socket
     import time
 
-    from qat.claim import Claim
+    from qat.orchestration.claim import Claim
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -90,17 +90,15 @@ def test_killed_zero2_run_resumes(tmp_path, data_dir, two_gpus):
 def test_engine_forward_runs_in_bf16(tmp_path, data_dir):
     # Without its torch_autocast section the engine turns an outer CUDA autocast off and the
     # model trains in fp32 (4.8x slower on an H200: docs/benchmarks.md).
-    from qat import distributed
-    from qat.deepspeed_trainer import DeepSpeedTrainer
-    from qat.grid import expand_grid
-    from qat.train import load_data
+    from qat.cell import load_data
+    from qat.engine import Trainer, make_backend
+    from qat.orchestration.grid import expand_grid
 
     (config,) = expand_grid(
         ["trainer=deepspeed", "model=mini-s", "data=bundled-large", "bits=4", f"run_dir={tmp_path}"]
     )
-    dist = distributed.setup("cuda")
-    trainer = DeepSpeedTrainer(config, load_data(config), tmp_path / "ck", dist)
+    trainer = Trainer(config, load_data(config), tmp_path / "ck", make_backend(config))
     inputs, _ = trainer.loader.next_batch()
     with trainer._autocast():
-        logits = trainer.engine(inputs[:2].to(trainer.device))
+        logits = trainer.forward(inputs[:2].to(trainer.device))
     assert logits.dtype == torch.bfloat16

@@ -10,8 +10,8 @@ import torch
 
 from qat.config import RunConfig
 from qat.data import prepare
+from qat.engine import Trainer, make_backend
 from qat.quant import QuantLinear
-from qat.train import Trainer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -55,10 +55,11 @@ def config(data_dir, compile_model: bool, bits: float = 4.0) -> RunConfig:
 
 @pytest.mark.parametrize("compile_model", [False, True])
 def test_qat_cell_trains_on_the_gpu_with_the_cuda_kernel(tmp_path, corpus, compile_model):
-    trainer = Trainer(config(corpus.out_dir, compile_model), corpus, tmp_path / "ckpt")
+    cfg = config(corpus.out_dir, compile_model)
+    trainer = Trainer(cfg, corpus, tmp_path / "ckpt", make_backend(cfg))
     assert trainer.autocast_dtype is torch.bfloat16
     initial = trainer.evaluate()
-    final, fp = trainer.train([])
+    final, fp = trainer.train(lambda metrics, tokens: None)
     assert math.isfinite(final) and fp is not None
     assert final < initial - 1.0  # it learned the toy language
     quantized = [m for m in trainer.model.modules() if isinstance(m, QuantLinear)]
@@ -76,4 +77,4 @@ def test_compiled_reference_on_gpu_is_refused(tmp_path, corpus):
     cfg = config(corpus.out_dir, compile_model=True)
     cfg = RunConfig.from_dict({**cfg.to_dict(), "quant": {"kernel": "reference"}})
     with pytest.raises(ConfigError, match=r"trainer\.compile=true with the reference"):
-        Trainer(cfg, corpus, tmp_path / "ckpt")
+        Trainer(cfg, corpus, tmp_path / "ckpt", make_backend(cfg))

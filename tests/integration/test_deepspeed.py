@@ -51,7 +51,7 @@ def torchrun_command(*overrides: str) -> list[str]:
 
 
 def torchrun_env(workdir, data_root) -> dict[str, str]:
-    # DS_ACCELERATOR follows the device (qat.deepspeed_trainer sets it): cpu here, cuda on GPUs.
+    # DS_ACCELERATOR follows the device (the DeepSpeed backend sets it): cpu here, cuda on GPUs.
     return {**train_env(workdir, data_root), "OMP_NUM_THREADS": "1"}
 
 

@@ -13,7 +13,7 @@ from qat.errors import ConfigError, QatError
 FAILED_CELLS: list[str] = []
 
 
-def run_cell(cfg: DictConfig) -> float | None:
+def run_from_hydra(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
@@ -21,9 +21,9 @@ def run_cell(cfg: DictConfig) -> float | None:
     try:
         _configure_slurm_job()
         config = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
-        from qat.train import run
+        from qat.cell import run_cell
 
-        result = run(config)
+        result = run_cell(config)
     except QatError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         # A config error applies to every cell alike: stop now. Other failures (a NaN loss in
@@ -55,7 +55,7 @@ def _configure_slurm_job() -> None:
 
     preemption.install()
     # A job of several tasks is one DeepSpeed cell (qat.distributed reads its rank from SLURM);
-    # trainer=torch refuses it in qat.train.run.
+    # trainer=torch refuses it (qat.engine.torch_backend).
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and not os.environ.get("OMP_NUM_THREADS"):
         import torch

@@ -9,13 +9,14 @@ training that prefix itself.
 Store layout: ``<run_dir>/trunks/<trunk key>/`` with ``checkpoints/<tokens>/`` (the same atomic
 checkpoints as runs), ``wanted.json`` (the branch steps the grid needs: each gets a checkpoint
 that is never pruned), ``metrics.jsonl`` and a lock file. One process extends a trunk at a time;
-others wait on the lock and then find their checkpoint written.
+others wait on the lock and then find their checkpoint written. The store only keeps and
+plans: whoever needs a trunk extended hands :meth:`TrunkStore.ensure` the function that trains it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +38,7 @@ def trunk_science(config: RunConfig) -> dict:
         "optim": asdict(config.optim),
         "warmup_steps": warmup_steps(config.schedule, tokens_per_step),
         "seed": config.seed,
+        "precision": config.trainer.precision,
     }
 
 
@@ -82,16 +84,15 @@ class TrunkStore:
     def locked(self) -> AbstractContextManager[None]:
         return file_lock(self.dir / "lock")
 
-    def ensure(self, config: RunConfig, step: int) -> Checkpoint:
-        """The trunk checkpoint at ``step``, training the trunk up to it if needed."""
-        from qat.train import train_trunk
-
+    def ensure(self, step: int, extend: Callable[[TrunkStore, int], None]) -> Checkpoint:
+        """The trunk checkpoint at ``step``; if missing, ``extend(store, step)`` trains the trunk
+        up to it (under the trunk's lock, with ``step`` registered as wanted)."""
         with self.locked():
             found = self.checkpoint_at(step)
             if found is not None:
                 return found
             self._add_wanted([step])
-            train_trunk(config, self, step)
+            extend(self, step)
             found = self.checkpoint_at(step)
             assert found is not None, f"trunk {self.key} did not save step {step}"
             return found

@@ -14,9 +14,10 @@ class GridCallback(Callback):
         """Before any cell runs: validate every cell, create the tracking store's schema (jobs
         racing on a fresh SQLite store crash), and register each trunk's branch points."""
         from qat.errors import ConfigError, QatError
-        from qat.grid import expand_grid
-        from qat.plan import register_branch_points
-        from qat.tracking import ensure_store, resolve_tracking_uri
+        from qat.orchestration.grid import expand_grid
+        from qat.orchestration.trunk_plan import register_branch_points
+        from qat.tracking import ensure_store
+        from qat.tracking_schema import resolve_tracking_uri
 
         try:
             params = config.hydra.sweeper.get("params")
@@ -29,7 +30,7 @@ class GridCallback(Callback):
             raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from qat.entry import FAILED_CELLS
+        from qat.orchestration.entry import FAILED_CELLS
 
         if FAILED_CELLS:
             print(f"error: {len(FAILED_CELLS)} grid cell(s) failed:", file=sys.stderr)

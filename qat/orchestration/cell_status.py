@@ -40,7 +40,7 @@ def queued_job_ids() -> dict[str, str]:
 
 def cell_status(config: Any, live_jobs: dict[str, str]) -> str:
     """finished | running | queued | failed | new, from MLflow, the claim and squeue."""
-    from qat.claim import Claim
+    from qat.orchestration.claim import Claim
     from qat.tracking import Tracker
 
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)
@@ -57,3 +57,19 @@ def cell_status(config: Any, live_jobs: dict[str, str]) -> str:
     if tracker.runs_with_key(config.run_key):
         return "failed"
     return "new"
+
+
+def grid_status(overrides: list[str]) -> list[tuple[str, str, str]]:
+    """(state, run key, cell description) for every unique cell of the grid."""
+    from qat.orchestration.grid import expand_grid
+    from qat.orchestration.trunk_plan import unique_cells
+
+    live_jobs = queued_job_ids()
+    rows = []
+    for config in unique_cells(expand_grid(overrides)):
+        cell = (
+            f"{config.model.name} bits={config.bits:g} qat_frac={config.qat_frac:g} "
+            f"tokens={config.tokens} fusion={config.fusion}"
+        )
+        rows.append((cell_status(config, live_jobs), config.run_key, cell))
+    return rows

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qat.config import RunConfig
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def cli_overrides(argv: Sequence[str], doc: str | None) -> list[str] | None:

@@ -1,0 +1,260 @@
+"""One grid cell, for every backend and any world size: skip it if its run key is FINISHED,
+claim it, open its MLflow run, branch it from the shared FP trunk, train it (qat.engine), and end
+the run FINISHED only once ``final/val_loss`` is logged (FAILED on an error, KILLED on Ctrl-C or
+a requeue). The main process claims and tracks; every process trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qat.config import RunConfig, flatten
+from qat.data import DatasetInfo, default_data_dir, prepare
+from qat.engine import Trainer, effective_precision, make_backend
+from qat.errors import ConfigError
+from qat.orchestration.claim import CellBusy, Claim
+from qat.orchestration.provenance import check_or_record, mismatches
+from qat.orchestration.trunk_store import TrunkStore, branch_step
+from qat.schedule import warmup_multiplier, warmup_steps
+from qat.tracking import JsonlSink, MetricSink, MlflowSink, Tracker
+from qat.tracking_schema import (
+    BRANCH_TOKENS_TAG,
+    DATA_FINGERPRINT,
+    FINAL_METRIC,
+    FP_METRIC,
+    N_PARAMS,
+    N_PARAMS_TOTAL,
+    PRECISION,
+    TOKENS_FP,
+    TOKENS_QAT,
+    TOKENS_TOTAL,
+    TRUNK_KEY_TAG,
+    WORLD_SIZE,
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_key: str
+    run_id: str  # "" when this process tracks nothing (a busy cell, a rank > 0)
+    skipped: bool
+    final_val_loss: float
+    fp_val_loss: float | None
+
+
+def load_data(config: RunConfig) -> DatasetInfo:
+    """The cell's prepared dataset (prepared now if this machine has not yet)."""
+    data = config.data
+    out_dir = Path(data.cache_dir) if data.cache_dir else None
+    return prepare(
+        data.source,
+        out_dir or default_data_dir(data.source, data.vocab_size),
+        vocab_size=data.vocab_size,
+        val_fraction=data.val_fraction,
+    )
+
+
+def run_cell(config: RunConfig) -> RunResult:
+    """Train one grid cell to completion, or skip it (FINISHED already, or another live job
+    holds it)."""
+    backend = make_backend(config)
+    data = load_data(config)
+    provenance = {
+        PRECISION: effective_precision(config, backend.device),
+        DATA_FINGERPRINT: data.fingerprint,
+    }
+    key = config.run_key
+    run_dir = Path(config.run_dir) / key
+    tracker: Tracker | None = None
+    claim: Claim | None = None
+    verdict: RunResult | None = None
+    if backend.is_main:
+        tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+        verdict = finished_result(config, tracker, provenance)
+        if verdict is None:
+            claim = Claim(run_dir)
+            try:
+                claim.acquire()
+            except CellBusy as busy:
+                print(f"[{key}] {busy}: skipping")
+                claim = None
+                verdict = RunResult(key, "", True, float("nan"), None)
+    verdict = backend.broadcast(verdict)  # type: ignore[assignment]
+    if verdict is not None:
+        backend.finish()
+        return verdict
+    try:
+        if backend.is_main:
+            check_or_record(run_dir, provenance, "run folder")
+        trainer = Trainer(config, data, run_dir / "checkpoints", backend)
+        if tracker is not None:
+            result = _train_and_track(trainer, tracker, run_dir, provenance)
+        else:  # a rank > 0 of a multi-process cell: trains, tracks nothing
+            final, fp = trainer.train(lambda metrics, tokens: None)
+            result = RunResult(key, "", False, final, fp)
+    finally:
+        if claim is not None:
+            with contextlib.suppress(Exception):
+                claim.release()
+    backend.finish()
+    return result
+
+
+def finished_result(
+    config: RunConfig, tracker: Tracker, provenance: dict[str, str]
+) -> RunResult | None:
+    """The cell's result if its run key is already FINISHED in the store, else None; refused if
+    that run was trained with other provenance than this launch would train with."""
+    key = config.run_key
+    finished = tracker.finished_run(key)
+    if finished is None:
+        return None
+    run_id = finished.info.run_id
+    differ = mismatches(finished.data.params, provenance)
+    if differ:
+        raise ConfigError(
+            f"run key {key} is FINISHED as MLflow run {run_id} with other settings "
+            f"({'; '.join(differ)}): set trainer.precision to match it, or log to another "
+            "tracking.experiment"
+        )
+    print(f"[{key}] already FINISHED as MLflow run {run_id}: skipping")
+    metrics = finished.data.metrics
+    return RunResult(key, run_id, True, metrics[FINAL_METRIC], metrics.get(FP_METRIC))
+
+
+def _train_and_track(
+    trainer: Trainer, tracker: Tracker, run_dir: Path, provenance: dict[str, str]
+) -> RunResult:
+    config = trainer.config
+    key = config.run_key
+    id_file = run_dir / "mlflow_run_id"
+    hint = id_file.read_text().strip() if id_file.exists() else None
+    run_id = tracker.open_run(key, run_name(config), hint)
+    id_file.write_text(run_id)
+    try:
+        _log_setup(tracker, run_id, trainer, run_dir, provenance)
+        sinks: list[MetricSink] = [
+            MlflowSink(tracker, run_id),
+            JsonlSink(run_dir / "metrics.jsonl"),
+        ]
+        log = _fan_out(sinks)
+        try:
+            if trainer.step == 0 and config.trunk == "share":
+                _branch_from_trunk(trainer, tracker, run_id, log, provenance)
+            final, fp = trainer.train(log)
+        finally:
+            for sink in sinks:
+                sink.close()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a requeue after preemption
+        with contextlib.suppress(Exception):
+            tracker.end(run_id, "KILLED")
+        raise
+    except BaseException:
+        # Marked FAILED (not FINISHED): a rerun resumes from the newest checkpoint.
+        with contextlib.suppress(Exception):
+            tracker.end(run_id, "FAILED")
+        raise
+    tracker.end(run_id, "FINISHED")
+    return RunResult(key, run_id, False, final, fp)
+
+
+def _fan_out(sinks: list[MetricSink]) -> Callable[[dict[str, float], int], None]:
+    def log(metrics: dict[str, float], tokens: int) -> None:
+        for sink in sinks:
+            sink.log(metrics, tokens)
+
+    return log
+
+
+def _branch_from_trunk(
+    trainer: Trainer,
+    tracker: Tracker,
+    run_id: str,
+    log: Callable[[dict[str, float], int], None],
+    provenance: dict[str, str],
+) -> None:
+    config = trainer.config
+    step = branch_step(config)
+    if step <= 0:
+        return  # the cell leaves the stable phase at once: nothing to share
+    store = TrunkStore(config)
+    check_or_record(store.dir, provenance, "trunk")
+    checkpoint = store.ensure(step, extend_trunk(config, trainer.data))
+    trainer.load(checkpoint)
+    tracker.set_tag(run_id, TRUNK_KEY_TAG, store.key)
+    tracker.set_tag(run_id, BRANCH_TOKENS_TAG, str(checkpoint.tokens))
+    for record in store.metrics_until(checkpoint.tokens):  # the shared prefix of the curve
+        log({k: v for k, v in record.items() if k.startswith("train/")}, record["tokens"])
+    print(f"[{config.run_key}] branched from trunk {store.key} at {checkpoint.tokens} tokens")
+
+
+def extend_trunk(config: RunConfig, data: DatasetInfo) -> Callable[[TrunkStore, int], None]:
+    """The function that trains ``config``'s FP trunk up to a step (the store holds the lock);
+    its trainer has a backend of its own, beside the waiting cell's."""
+
+    def extend(store: TrunkStore, until: int) -> None:
+        start = store.latest_before(until)
+        backend = make_backend(config)
+        trainer = Trainer(config, data, store.checkpoint_dir, backend, resume=start)
+        sink = JsonlSink(store.dir / "metrics.jsonl")
+        print(f"[trunk {store.key}] training steps {trainer.step}..{until}", flush=True)
+        warmup = warmup_steps(config.schedule, trainer.plan.tokens_per_step)
+        try:
+            trainer.advance(
+                until,
+                lambda step: warmup_multiplier(step, warmup),
+                sink.log,
+                pinned_steps=store.wanted(),
+            )
+        finally:
+            sink.close()
+
+    return extend
+
+
+def _log_setup(
+    tracker: Tracker,
+    run_id: str,
+    trainer: Trainer,
+    run_dir: Path,
+    provenance: dict[str, str],
+) -> None:
+    import yaml
+
+    config, plan = trainer.config, trainer.plan
+    params: dict[str, Any] = flatten(config.to_dict())
+    params.update(
+        {
+            "run_key": config.run_key,
+            N_PARAMS: trainer.n_params,
+            N_PARAMS_TOTAL: trainer.n_params_total,
+            TOKENS_FP: plan.tokens_fp,
+            TOKENS_QAT: plan.tokens_qat,
+            TOKENS_TOTAL: plan.tokens_total,
+            WORLD_SIZE: trainer.backend.world_size,
+            **provenance,
+        }
+    )
+    tracker.log_params(run_id, params)
+    config_path = run_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+    tracker.log_artifact(run_id, config_path)
+
+
+def _plain(value: object) -> object:
+    """Tuples as lists: safe_dump writes only plain YAML types."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run_name(config: RunConfig) -> str:
+    bits = "fp" if config.is_fp_only else f"b{config.bits:g}"
+    fusion = "-fused" if config.fusion and not config.is_fp_only else ""
+    return f"{config.model.name}-{bits}-f{config.qat_frac:g}{fusion}-t{config.tokens:.3g}"
