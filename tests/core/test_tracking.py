@@ -81,36 +81,3 @@ def test_jsonl_sink_appends_records(tmp_path):
     JsonlSink(path).log({"train/loss": 1.0}, 20)
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and '"tokens": 20' in lines[1]
-
-
-def test_claims_keep_a_second_owner_out_until_the_first_is_gone(tmp_path, monkeypatch):
-    from qat.orchestration import claim as claims
-
-    first = claims.Claim(tmp_path)
-    first.acquire()
-    monkeypatch.setattr(claims, "owner_id", lambda: "otherhost:1")
-    second = claims.Claim(tmp_path)
-    with pytest.raises(claims.CellBusy, match="being trained by"):
-        second.acquire()
-    first.release()
-    second.acquire()  # released: free to take
-
-
-def test_a_dead_local_owner_or_an_old_heartbeat_frees_the_claim(tmp_path):
-    import json
-    import socket
-    import time
-
-    from qat.orchestration.claim import Claim
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    path = tmp_path / "claim.json"
-    path.write_text(
-        json.dumps({"owner": f"{socket.gethostname()}:{dead.pid}", "heartbeat": time.time()})
-    )
-    assert Claim(tmp_path).holder() is None
-    path.write_text(json.dumps({"owner": "elsewhere:1", "heartbeat": time.time() - 10_000}))
-    assert Claim(tmp_path).holder() is None
-    path.write_text(json.dumps({"owner": "elsewhere:1", "heartbeat": time.time()}))
-    assert Claim(tmp_path).holder() == ("elsewhere:1", pytest.approx(0, abs=5))
