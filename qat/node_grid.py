@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,22 +67,15 @@ def sub_grids(params: dict[str, list[str]], split: list[str]) -> list[list[str]]
     ]
 
 
-def _register(overrides: list[str]) -> int:
+def register_all(base: list[str]) -> int:
+    """Register every trunk's branch points: the sub-grids' cells are the whole sweep's, so it is
+    expanded once."""
     from qat.grid import expand_grid
     from qat.plan import register_branch_points
 
-    cells = expand_grid(overrides)
+    cells = expand_grid(base)
     register_branch_points(cells)
     return len(cells)
-
-
-def register_all(base: list[str], grids: list[list[str]], processes: int) -> int:
-    """Register every sub-grid's branch points (expanding a grid is slow: in parallel)."""
-    from tqdm.auto import tqdm
-
-    with ProcessPoolExecutor(max_workers=processes) as pool:
-        jobs = [pool.submit(_register, [*base, *grid]) for grid in grids]
-        return sum(job.result() for job in tqdm(jobs, desc="registering branch points"))
 
 
 def _worker(
@@ -156,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     grids = sub_grids(sweep_params(base), [k for k in args.split.split(",") if k])
     workers = max(gpus, 1) * args.workers_per_gpu
     started = time.monotonic()
-    cells = register_all(base, grids, min(workers, os.cpu_count() or 1))
+    cells = register_all(base)
     print(f"{cells} cells in {len(grids)} sub-grids; {workers} workers on {gpus or 'no'} GPU(s)")
 
     log_dir = args.log_dir or Path("multirun") / "node_grid" / time.strftime("%Y-%m-%d_%H-%M-%S")
