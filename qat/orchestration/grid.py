@@ -6,14 +6,23 @@ every cell before the first one trains.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from qat.config import RunConfig
 
+if TYPE_CHECKING:
+    from hydra.core.override_parser.types import Override
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONFIG_NAME = "config"
+
+Compose = Callable[..., DictConfig]
 
 
 def cli_overrides(argv: Sequence[str], doc: str | None) -> list[str] | None:
@@ -42,7 +51,9 @@ def expand_grid(
         return _expand(list(overrides), sweeper_params, compose)
 
 
-def _expand(overrides: list[str], sweeper_params, compose) -> list[RunConfig]:
+def _expand(
+    overrides: list[str], sweeper_params: dict[str, str] | None, compose: Compose
+) -> list[RunConfig]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -51,11 +62,97 @@ def _expand(overrides: list[str], sweeper_params, compose) -> list[RunConfig]:
         fixed = [
             o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()
         ]
-        hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True)
+        hydra_cfg = compose(CONFIG_NAME, overrides=fixed, return_hydra_config=True)
         sweeper_params = dict(hydra_cfg.hydra.sweeper.get("params") or {})
     lines = [f"{key}={value}" for key, value in sweeper_params.items()] + overrides
     (cells,) = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
-    return [_config(compose("config", overrides=cell)) for cell in cells]
+    composer = _CellComposer(compose)
+    return [_config(composer(cell)) for cell in cells]
+
+
+class _CellComposer:
+    """Each cell's composed config, as ``compose(CONFIG_NAME, overrides=cell)`` returns it, with
+    one Hydra composition per distinct set of config-group choices rather than one per cell.
+
+    Hydra composes a config in two stages: group choices (``model=nano``) and ``hydra.*`` settings
+    pick and merge the config files, then the remaining overrides are applied in order, each a
+    plain ``OmegaConf.update(cfg, key, Override.value(), merge=True)``. The cells of a grid share a
+    few group choices and differ in values, so the first stage is composed once per choice set and
+    cached, and each cell's value overrides are applied to a copy with that same call. ``hydra.*``
+    overrides change only the ``hydra`` node (which compose drops) or where configs are found, so
+    they are composed with the choices. Overrides whose Hydra semantics differ from a plain update
+    (``+key=``, ``++key=``, ``~key``, ``key@package=``), or a value the update rejects, make that
+    cell a plain Hydra composition, which also gives Hydra's own error message.
+    """
+
+    def __init__(self, compose: Compose) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        self._compose = compose
+        self._loader = GlobalHydra.instance().config_loader()
+        self._parser = OverridesParser.create()
+        self._parsed: dict[str, Override] = {}
+        self._child_groups: dict[str, set[str]] = {}
+        self._bases: dict[tuple[str, ...], DictConfig] = {}
+
+    def __call__(self, cell: Sequence[str]) -> DictConfig:
+        split = self._split(cell)
+        if split is None:
+            return self._compose(CONFIG_NAME, overrides=list(cell))
+        choices, values = split
+        base = self._bases.get(choices)
+        if base is None:
+            base = self._bases[choices] = self._compose(CONFIG_NAME, overrides=list(choices))
+        cfg = copy.deepcopy(base)
+        try:
+            for override in values:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+        except OmegaConfBaseException:
+            return self._compose(CONFIG_NAME, overrides=list(cell))
+        return cfg
+
+    def _split(self, cell: Sequence[str]) -> tuple[tuple[str, ...], list[Override]] | None:
+        """The cell's composition-stage overrides (in order) and its value overrides, or None
+        when some override is neither."""
+        from hydra.core.override_parser.types import OverrideType
+
+        choices: list[str] = []
+        values: list[Override] = []
+        for line in cell:
+            override = self._parse(line)
+            if override.is_hydra_override() or self._is_group_choice(override):
+                choices.append(line)
+            elif override.type is OverrideType.CHANGE and override.package is None:
+                values.append(override)
+            else:
+                return None
+        return tuple(choices), values
+
+    def _parse(self, line: str) -> Override:
+        # A grid repeats each value across many cells; parsing is the costly part of an override.
+        override = self._parsed.get(line)
+        if override is None:
+            override = self._parsed[line] = self._parser.parse_override(line)
+        return override
+
+    def _is_group_choice(self, override: Override) -> bool:
+        """Hydra's own test: a key naming a config group is a choice unless its value is a dict
+        (which is merged into the group's node like any value)."""
+        return not isinstance(override.value(), dict) and self._group_exists(override.key_or_group)
+
+    def _group_exists(self, key: str) -> bool:
+        from hydra.core.object_type import ObjectType
+
+        parent, _, name = key.rpartition("/")
+        children = self._child_groups.get(parent)
+        if children is None:
+            # Asked with the primary config so that a search path it adds counts, as in compose.
+            options = self._loader.get_group_options(
+                parent, results_filter=ObjectType.GROUP, config_name=CONFIG_NAME
+            )
+            children = self._child_groups[parent] = set(options)
+        return name in children
 
 
 def _config(cfg: DictConfig) -> RunConfig:

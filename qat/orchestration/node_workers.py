@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,22 +60,15 @@ def sub_grids(params: dict[str, list[str]], split: list[str]) -> list[list[str]]
     ]
 
 
-def _register(overrides: list[str]) -> int:
+def register_all(base: list[str]) -> int:
+    """Register every trunk's branch points: the sub-grids' cells are the whole sweep's, so it is
+    expanded once."""
     from qat.orchestration.grid import expand_grid
     from qat.orchestration.trunk_plan import register_branch_points
 
-    cells = expand_grid(overrides)
+    cells = expand_grid(base)
     register_branch_points(cells)
     return len(cells)
-
-
-def register_all(base: list[str], grids: list[list[str]], processes: int) -> int:
-    """Register every sub-grid's branch points (expanding a grid is slow: in parallel)."""
-    from tqdm.auto import tqdm
-
-    with ProcessPoolExecutor(max_workers=processes) as pool:
-        jobs = [pool.submit(_register, [*base, *grid]) for grid in grids]
-        return sum(job.result() for job in tqdm(jobs, desc="registering branch points"))
 
 
 def _worker(
@@ -139,7 +131,7 @@ def run_grid(
     grids = sub_grids(sweep_params(base), split)
     workers = max(gpus, 1) * workers_per_gpu
     started = time.monotonic()
-    cells = register_all(base, grids, min(workers, os.cpu_count() or 1))
+    cells = register_all(base)
     print(f"{cells} cells in {len(grids)} sub-grids; {workers} workers on {gpus or 'no'} GPU(s)")
 
     log_dir = log_dir or Path("multirun") / "node_grid" / time.strftime("%Y-%m-%d_%H-%M-%S")
