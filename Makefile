@@ -74,8 +74,8 @@ fit-law: setup  ## fit the law to EXPERIMENT's runs (or CSV=runs.csv) into LAW_O
 MINI_CSV ?= results/mini/runs.csv
 MINI_OUT ?= results/mini
 .PHONY: mini
-mini: setup  ## issue #8 summary of MINI_CSV into MINI_OUT (summary.md/.json + fit-law's files)
-	$(BIN)/python -m analysis.mini $(MINI_CSV) --out $(MINI_OUT)
+mini: setup  ## mini-reproduction summary of MINI_CSV into MINI_OUT (summary.md/.json + fit-law's files)
+	$(BIN)/python -m reports.mini $(MINI_CSV) --out $(MINI_OUT)
 
 clean:  ## remove run folders, Hydra outputs and the local MLflow store (not .venv or data)
 	rm -rf runs outputs multirun mlflow.db mlflow.db.lock mlruns mlartifacts

@@ -5,7 +5,7 @@
 
 Writes DIR/law.json, DIR/residuals.csv, DIR/plots/*.png|pdf and DIR/law.md (the report), and logs
 them as a run of the MLflow experiment `analysis` at the same tracking URI. The report is law.md,
-not summary.md, so that `analysis.mini` (which writes the same law files) can share DIR.
+not summary.md, so that `reports.mini` (which writes the same law files) can share DIR.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def fit_and_report(
 ) -> FitResult:
     """Fit `law` to `runs` and write law.json, residuals.csv, plots/ and law.md under `out`.
 
-    The one path from runs to these files: `make fit-law` and `analysis.mini` both call it, so
+    The one path from runs to these files: `make fit-law` and `reports.mini` both call it, so
     the same runs and settings give the same files.
     """
     result = fit(

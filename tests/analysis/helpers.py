@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -13,10 +14,13 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from analysis.synthetic import qat_grid
+from analysis.law import QAT, FittedLaw
+from analysis.synthetic import TRUE_QAT_PARAMS, fused_grid, qat_grid
 
 GRID_EXPERIMENT = "grid"
 REPO = Path(__file__).resolve().parents[2]
+# The law that generates the synthetic grids, as a fitted law: the known answer.
+HIDDEN_LAW = FittedLaw(QAT, dict(TRUE_QAT_PARAMS), math.nan, {}, 0, {})
 
 
 def log_runs(client: MlflowClient, experiment_id: str, runs: pd.DataFrame) -> list[str]:
@@ -77,3 +81,26 @@ def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProces
         text=True,
         timeout=300,
     )
+
+
+def pipelines_grid(
+    sizes: tuple[float, ...],
+    bits: tuple[float, ...],
+    tokens_per_param: tuple[float, ...],
+    classic: tuple[float, ...],
+    fused: tuple[float, ...] = (),
+    fp_gain: float = 0.05,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Classic QAT cells at the `classic` fractions (plus FP-only baselines) and, if `fused`
+    fractions are given, fused cells of the same sizes, bits and budgets whose FP tokens count
+    `fp_gain` more; all from the hidden law, with independent noise per pipeline."""
+    parts = [qat_grid(TRUE_QAT_PARAMS, sizes, bits, tokens_per_param, classic, noise, seed)]
+    if fused:
+        parts.append(
+            fused_grid(
+                TRUE_QAT_PARAMS, sizes, bits, tokens_per_param, fused, fp_gain, noise, seed + 100
+            )
+        )
+    return pd.concat(parts, ignore_index=True)

@@ -1,4 +1,4 @@
-"""`python -m analysis.mini` on a mini-shaped synthetic grid drawn from a known law.
+"""`python -m reports.mini` on a mini-shaped synthetic grid drawn from a known law.
 
 Every expected value is computed here from the generating law (`TRUE_QAT_PARAMS` and the fused
 pipeline's known FP-token gain), never copied from an earlier run of the analysis.
@@ -7,21 +7,23 @@ pipeline's known FP-token gain), never copied from an earlier run of the analysi
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import fit_law, mini
+from analysis import fit_law
 from analysis.collect import prepare
 from analysis.fit import fit
-from analysis.law import QAT, FittedLaw
+from analysis.fusion_stats import matched_cells
+from analysis.grid_stats import rank_trend, wasted_compute
 from analysis.predict import empirical_optima, fit_predictor, law_optima, wasted_tokens
-from analysis.synthetic import TRUE_QAT_PARAMS, fused_grid, qat_grid
+from reports import mini
+from tests.analysis.helpers import HIDDEN_LAW as TRUE
+from tests.analysis.helpers import pipelines_grid, run_module
 
-# The mini grid of issue #8: 4 sizes (0.5M-10M non-embedding), bits 1/2/4/6 (+ FP-only rows),
+# The mini grid: 4 sizes (0.5M-10M non-embedding), bits 1/2/4/6 (+ FP-only rows),
 # 3 budgets, 6 classic fractions, 3 fused fractions.
 SIZES = (5e5, 1.5e6, 4e6, 1e7)
 BITS = (1.0, 2.0, 4.0, 6.0)
@@ -33,40 +35,16 @@ FP_GAIN = 0.05  # fused: the FP phase's tokens count 5% more
 STARTS = "200"
 PLOTS = ("optimal_fraction", "wasted_tokens", "iso_loss", "loss_vs_fraction", "best_bits")
 
-TRUE = FittedLaw(QAT, dict(TRUE_QAT_PARAMS), math.nan, {}, 0, {})
-
 
 def grid(
     sizes=SIZES, classic=CLASSIC, fused=FUSED, fp_gain=FP_GAIN, noise=NOISE, seed=0
 ) -> pd.DataFrame:
-    parts = [
-        qat_grid(
-            sizes=sizes,
-            bits=BITS,
-            tokens_per_param=TOKENS_PER_PARAM,
-            fractions=classic,
-            noise=noise,
-            seed=seed,
-        )
-    ]
-    if fused:
-        parts.append(
-            fused_grid(
-                sizes=sizes,
-                bits=BITS,
-                tokens_per_param=TOKENS_PER_PARAM,
-                fractions=fused,
-                fp_gain=fp_gain,
-                noise=noise,
-                seed=seed + 100,
-            )
-        )
-    return pd.concat(parts, ignore_index=True)
+    return pipelines_grid(sizes, BITS, TOKENS_PER_PARAM, classic, fused, fp_gain, noise, seed)
 
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory) -> tuple[Path, dict, dict[str, bytes]]:
-    """The grid as runs.csv, `analysis.mini` run on it, and its files' bytes."""
+    """The grid as runs.csv, `reports.mini` run on it, and its files' bytes."""
     root = tmp_path_factory.mktemp("mini")
     grid().to_csv(root / "runs.csv", index=False)
     out = root / "out"
@@ -119,7 +97,7 @@ def test_predictor_constant_and_trend_follow_the_generating_law(analysed):
     assert o["predictor_runs"]["a"] == pytest.approx(a_discrete, rel=0.1)
     assert o["predictor_runs"]["n"] == len(discrete) == 48
     # The generating law's f* grows with S; so must the runs' and the fitted law's.
-    assert mini.rank_trend(true_opt.S_total, true_opt.qat_frac)["rho"] > 0.9
+    assert rank_trend(true_opt.S_total, true_opt.qat_frac)["rho"] > 0.9
     runs, law = o["trend_runs"], o["trend_law"]
     assert runs["direction"] == "grows" and runs["p_value"] < 0.01 and runs["n"] == 48
     assert law["direction"] == "grows" and law["rho"] > 0.9
@@ -135,7 +113,7 @@ def test_wasted_compute_per_bit_width_matches_the_generating_law(analysed):
         for b, g in cells.groupby("B")
     }
     # Noise-free runs: the gap of 0.1 to the best grid fraction, in tokens at the law's rate.
-    true_runs = mini.wasted_compute(truth_cells(), TRUE)["by_bits"]
+    true_runs = wasted_compute(truth_cells(), TRUE)["by_bits"]
     reported = [w["by_bits"][f"{b:g}"] for b in BITS]
     runs = truth_cells()
     for b, e in zip(BITS, reported, strict=True):
@@ -160,7 +138,7 @@ def test_fusion_statistics_match_the_generating_gain(analysed):
     u = s["fusion"]
     assert u["available"]
     cells = prepare(grid(fused=FUSED, noise=0.0))
-    true_diff = mini.matched_cells(cells)
+    true_diff = matched_cells(cells)
     assert len(true_diff) == 144 and (true_diff["diff"] < 0).all()  # the law: fused better
     for b, g in true_diff.groupby("B"):
         e = u["by_bits"][f"{b:g}"]
@@ -170,16 +148,6 @@ def test_fusion_statistics_match_the_generating_gain(analysed):
         assert e["verdict"] == "fused better" and e["matches_paper"] is True
         assert e["tokens_saved_pct_mean"] > 0
     assert u["overall"]["cells"] == 144 and u["overall"]["matches_paper"] is True
-
-
-@pytest.mark.parametrize(
-    ("gain", "verdict", "matches"),
-    [(0.05, "fused better", True), (-0.05, "fused worse", False)],
-)
-def test_fusion_verdict_follows_the_sign_of_the_effect(gain, verdict, matches):
-    u = mini.fusion(prepare(grid(fp_gain=gain)), TRUE)
-    assert u["overall"]["verdict"] == verdict and u["overall"]["matches_paper"] is matches
-    assert (u["overall"]["tokens_saved_pct_mean"] > 0) is (gain > 0)
 
 
 def test_make_fit_law_reproduces_the_law_files(analysed):
@@ -222,14 +190,6 @@ def test_degenerate_grid_is_reported_not_a_crash(tmp_path):
     assert data["held_out"]["available"] is False and data["fusion"]["available"] is False
 
 
-def test_rank_trend_needs_three_varying_cells():
-    assert mini.rank_trend(pd.Series([1.0, 2.0]), pd.Series([0.1, 0.2]))["direction"] == (
-        "undetermined"
-    )
-    flat = mini.rank_trend(pd.Series([1.0, 2.0, 3.0]), pd.Series([0.2, 0.2, 0.2]))
-    assert flat["rho"] is None and "no variation" in flat["why"]
-
-
 def test_cli_errors_are_one_line(tmp_path, capsys):
     grid(classic=(0.2,), fused=()).query("B >= 16").to_csv(tmp_path / "fp.csv", index=False)
     assert mini.main([str(tmp_path / "fp.csv"), "--out", str(tmp_path / "o")]) == 2
@@ -238,11 +198,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "\n" not in err
     assert mini.main([str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_fractions_prefer_the_configured_value():
-    runs = prepare(
-        pd.DataFrame({"N": [1e6], "D_fp": [0.9004e7], "D_qat": [0.0996e7], "B": [2], "loss": [3.0]})
-    )
-    assert mini.cell_fraction(runs).iloc[0] == pytest.approx(0.0996)
-    assert mini.cell_fraction(runs.assign(qat_frac=0.1)).iloc[0] == 0.1
+    # The entry point the Makefile runs.
+    fp = str(tmp_path / "fp.csv")
+    proc = run_module("reports.mini", fp, "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: runs file")
