@@ -18,7 +18,7 @@ from qat.engine import Trainer, effective_precision, make_backend
 from qat.errors import ConfigError
 from qat.schedule import warmup_multiplier, warmup_steps
 from qat.store.claim import CellBusy, Claim
-from qat.store.provenance import check_or_record, mismatches
+from qat.store.provenance import check_all, mismatches
 from qat.store.trunk_store import TrunkStore, branch_step
 from qat.tracking import JsonlSink, MetricSink, MlflowSink, Tracker
 from qat.tracking_schema import (
@@ -89,9 +89,10 @@ def run_cell(config: RunConfig) -> RunResult:
         return verdict
     try:
         if backend.is_main:  # refused before any MLflow run is opened for the cell
-            check_or_record(run_dir, provenance, "run folder")
+            folders = {run_dir: "run folder"}
             if config.trunk == "share" and branch_step(config) > 0:
-                check_or_record(TrunkStore(config).dir, provenance, "trunk")
+                folders[TrunkStore(config).dir] = "trunk"
+            check_all(folders, provenance)
         trainer = Trainer(config, data, run_dir / "checkpoints", backend)
         if tracker is not None:
             result = _train_and_track(trainer, tracker, run_dir, provenance)

@@ -24,18 +24,23 @@ def mismatches(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
     ]
 
 
-def check_or_record(folder: Path, current: dict[str, str], what: str) -> None:
-    """Refuse if ``folder`` was trained with other provenance; record ``current`` if new."""
-    path = folder / PROVENANCE_FILE
-    if path.exists():
-        differ = mismatches(json.loads(path.read_text()), current)
+def check_all(folders: dict[Path, str], current: dict[str, str]) -> None:
+    """Refuse if any folder (→ what it is, for the message) was trained with other provenance;
+    else record ``current`` where none is recorded yet. All are checked before any is written,
+    so a refusal leaves nothing behind."""
+    for folder, what in folders.items():
+        path = folder / PROVENANCE_FILE
+        differ = mismatches(json.loads(path.read_text()), current) if path.exists() else []
         if differ:
             raise ConfigError(
                 f"{what} {folder} was trained with other settings ({'; '.join(differ)}): set "
                 "trainer.precision (and data) to match it, or use another run_dir"
             )
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(current, sort_keys=True))
-    tmp.replace(path)
+    for folder in folders:
+        path = folder / PROVENANCE_FILE
+        if path.exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(current, sort_keys=True))
+        tmp.replace(path)

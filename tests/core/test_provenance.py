@@ -7,17 +7,25 @@ import json
 import pytest
 
 from qat.errors import ConfigError
-from qat.store.provenance import PROVENANCE_FILE, check_or_record, mismatches
+from qat.store.provenance import PROVENANCE_FILE, check_all, mismatches
 
 
 def test_a_folder_records_its_provenance_then_refuses_another(tmp_path):
     folder = tmp_path / "trunk"
-    check_or_record(folder, {"precision": "bf16", "data_fingerprint": "aa"}, "trunk")
+    check_all({folder: "trunk"}, {"precision": "bf16", "data_fingerprint": "aa"})
     assert json.loads((folder / PROVENANCE_FILE).read_text())["precision"] == "bf16"
-    check_or_record(folder, {"precision": "bf16", "data_fingerprint": "aa"}, "trunk")  # same
-    with pytest.raises(ConfigError, match=r"precision bf16 → fp32") as error:
-        check_or_record(folder, {"precision": "fp32", "data_fingerprint": "aa"}, "trunk")
+    check_all({folder: "trunk"}, {"precision": "bf16", "data_fingerprint": "aa"})  # same
+    with pytest.raises(ConfigError, match=r"^trunk .* \(precision bf16 → fp32\)") as error:
+        check_all({folder: "trunk"}, {"precision": "fp32", "data_fingerprint": "aa"})
     assert "\n" not in str(error.value)
+
+
+def test_a_refusal_records_nothing_anywhere(tmp_path):
+    trunk, run = tmp_path / "trunk", tmp_path / "run"
+    check_all({trunk: "trunk"}, {"precision": "bf16"})
+    with pytest.raises(ConfigError, match=r"^trunk "):
+        check_all({run: "run folder", trunk: "trunk"}, {"precision": "fp32"})
+    assert not run.exists()
 
 
 def test_only_keys_both_sides_know_can_disagree():
