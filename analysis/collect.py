@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,15 +22,22 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis.errors import AnalysisError
+from qat.tracking_schema import (
+    BITS,
+    FINAL_METRIC,
+    FP_METRIC,
+    MODEL_NAME,
+    N_PARAMS,
+    TOKENS_FP,
+    TOKENS_QAT,
+    resolve_tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("N", "D_fp", "D_qat", "B", "loss")
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# MLflow param → column; all are required of a FINISHED run (see the trainer's contract).
-_PARAMS = {"n_params": "N", "tokens_fp": "D_fp", "tokens_qat": "D_qat", "bits": "B"}
-_LOSS_METRIC = "final/val_loss"
-_FP_LOSS_METRIC = "fp/val_loss"
+# MLflow param → column; all are required of a FINISHED run (qat.tracking_schema).
+_PARAMS = {N_PARAMS: "N", TOKENS_FP: "D_fp", TOKENS_QAT: "D_qat", BITS: "B"}
 # Columns kept as text when a file is read back (a hex run id can look like a number: "1e5...").
 TEXT_COLUMNS = ("run_id", "run_key", "model", "seed")
 _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -39,11 +45,6 @@ _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no":
 
 class NoRunsError(AnalysisError):
     """The experiment does not exist or has no FINISHED runs."""
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use: the argument, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def _bool(value: object, where: str) -> bool:
@@ -170,8 +171,8 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
         for run in page:
             rid, params, metrics = run.info.run_id, run.data.params, run.data.metrics
             row = {col: _number(rid, "param", p, params) for p, col in _PARAMS.items()}
-            row["loss"] = _number(rid, "metric", _LOSS_METRIC, metrics)
-            row["fp_loss"] = metrics.get(_FP_LOSS_METRIC, math.nan)
+            row["loss"] = _number(rid, "metric", FINAL_METRIC, metrics)
+            row["fp_loss"] = metrics.get(FP_METRIC, math.nan)
             fused = _bool(params.get("fusion", "False"), f"run {rid}")
             # An FP-only run has no QAT phase to fuse and no fraction, whatever its config said
             # (the trainer's run key ignores both); otherwise the configured fraction, of which
@@ -181,7 +182,7 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
             row["qat_frac"] = 0.0 if fp_only else _fraction(rid, params.get("qat_frac"), row)
             row["run_id"] = rid
             row["run_key"] = run.data.tags.get("run_key", "")
-            row["model"] = params.get("model.name", "")
+            row["model"] = params.get(MODEL_NAME, "")
             row["seed"] = params.get("seed", "")
             rows.append(row)
         token = page.token

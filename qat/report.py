@@ -6,15 +6,22 @@ import argparse
 import sys
 
 from qat.errors import QatError
-from qat.tracking import FINAL_METRIC, Tracker
+from qat.tracking import Tracker
+from qat.tracking_schema import (
+    BITS,
+    FINAL_METRIC,
+    FP_METRIC,
+    MODEL_NAME,
+    TOKENS_TOTAL,
+)
 
 COLUMNS = {
-    "params.model.name": "model",
-    "params.bits": "bits",
+    f"params.{MODEL_NAME}": "model",
+    f"params.{BITS}": "bits",
     "params.qat_frac": "qat_frac",
     "params.fusion": "fusion",
-    "params.tokens_total": "tokens",
-    "metrics.fp/val_loss": "fp_val_loss",
+    f"params.{TOKENS_TOTAL}": "tokens",
+    f"metrics.{FP_METRIC}": "fp_val_loss",
     f"metrics.{FINAL_METRIC}": "final_val_loss",
 }
 
