@@ -16,10 +16,10 @@ from qat.config import RunConfig, flatten
 from qat.data import DatasetInfo, default_data_dir, prepare
 from qat.engine import Trainer, effective_precision, make_backend
 from qat.errors import ConfigError
-from qat.orchestration.claim import CellBusy, Claim
-from qat.orchestration.provenance import check_or_record, mismatches
-from qat.orchestration.trunk_store import TrunkStore, branch_step
 from qat.schedule import warmup_multiplier, warmup_steps
+from qat.store.claim import CellBusy, Claim
+from qat.store.provenance import check_or_record, mismatches
+from qat.store.trunk_store import TrunkStore, branch_step
 from qat.tracking import JsonlSink, MetricSink, MlflowSink, Tracker
 from qat.tracking_schema import (
     BRANCH_TOKENS_TAG,
@@ -88,8 +88,10 @@ def run_cell(config: RunConfig) -> RunResult:
         backend.finish()
         return verdict
     try:
-        if backend.is_main:
+        if backend.is_main:  # refused before any MLflow run is opened for the cell
             check_or_record(run_dir, provenance, "run folder")
+            if config.trunk == "share" and branch_step(config) > 0:
+                check_or_record(TrunkStore(config).dir, provenance, "trunk")
         trainer = Trainer(config, data, run_dir / "checkpoints", backend)
         if tracker is not None:
             result = _train_and_track(trainer, tracker, run_dir, provenance)
@@ -144,7 +146,7 @@ def _train_and_track(
         log = _fan_out(sinks)
         try:
             if trainer.step == 0 and config.trunk == "share":
-                _branch_from_trunk(trainer, tracker, run_id, log, provenance)
+                _branch_from_trunk(trainer, tracker, run_id, log)
             final, fp = trainer.train(log)
         finally:
             for sink in sinks:
@@ -171,18 +173,13 @@ def _fan_out(sinks: list[MetricSink]) -> Callable[[dict[str, float], int], None]
 
 
 def _branch_from_trunk(
-    trainer: Trainer,
-    tracker: Tracker,
-    run_id: str,
-    log: Callable[[dict[str, float], int], None],
-    provenance: dict[str, str],
+    trainer: Trainer, tracker: Tracker, run_id: str, log: Callable[[dict[str, float], int], None]
 ) -> None:
     config = trainer.config
     step = branch_step(config)
     if step <= 0:
         return  # the cell leaves the stable phase at once: nothing to share
     store = TrunkStore(config)
-    check_or_record(store.dir, provenance, "trunk")
     checkpoint = store.ensure(step, extend_trunk(config, trainer.data))
     trainer.load(checkpoint)
     tracker.set_tag(run_id, TRUNK_KEY_TAG, store.key)

@@ -231,7 +231,7 @@ class RunConfig:
             "fusion": self.fusion if not self.is_fp_only else False,
             "seed": self.seed,
             # fp32 and bf16 train different numbers; "auto" resolves per device, and a cell
-            # refuses to mix with weights trained in the other (qat.orchestration.provenance).
+            # refuses to mix with weights trained in the other (qat.store.provenance).
             "precision": self.trainer.precision,
         }
 

@@ -3,7 +3,7 @@
 The Trainer (qat.engine.trainer) owns the science: model, optimizer, schedule, data cursor, the
 QAT switch, evaluation and its state. A Backend owns how a step runs and where state goes: the
 device, the processes of the cell, the optimizer step, collectives and checkpoint files.
-:func:`make_backend` picks one from ``trainer.backend``.
+:func:`qat.engine.factory.make_backend` picks one from ``trainer.backend``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from qat.checkpoint import Checkpoint
 from qat.config import RunConfig
-from qat.errors import ConfigError, TrainingError
+from qat.errors import TrainingError
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -80,19 +80,6 @@ class Backend(Protocol):
     def finish(self) -> None:
         """The cell's last word: every process leaves together."""
         ...
-
-
-def make_backend(config: RunConfig) -> Backend:
-    backend = config.trainer.backend
-    if backend == "torch":
-        from qat.engine.torch_backend import TorchBackend
-
-        return TorchBackend(config)
-    if backend == "deepspeed":
-        from qat.engine.deepspeed_backend import DeepSpeedBackend
-
-        return DeepSpeedBackend(config)
-    raise ConfigError(f"trainer.backend={backend!r} is one of: torch, deepspeed")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -40,7 +40,7 @@ def queued_job_ids() -> dict[str, str]:
 
 def cell_status(config: Any, live_jobs: dict[str, str]) -> str:
     """finished | running | queued | failed | new, from MLflow, the claim and squeue."""
-    from qat.orchestration.claim import Claim
+    from qat.store.claim import Claim
     from qat.tracking import Tracker
 
     tracker = Tracker(config.tracking.uri, config.tracking.experiment)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qat.config import RunConfig
-from qat.orchestration.trunk_store import TrunkStore, plan_trunks
 from qat.schedule import plan_phases
+from qat.store.trunk_store import TrunkStore, plan_trunks
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from qat.orchestration import claim as claims
-from qat.orchestration.claim import CellBusy, Claim, Owner
+from qat.store import claim as claims
+from qat.store.claim import CellBusy, Claim, Owner
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
@@ -60,7 +60,7 @@ def start_holder(run_dir: Path, ttl_s: float, heartbeat_s: float, then: str) -> 
         f"""
         import sys, time
         from pathlib import Path
-        from qat.orchestration.claim import Claim
+        from qat.store.claim import Claim
         Claim(Path(sys.argv[1]), ttl_s={ttl_s}, heartbeat_s={heartbeat_s}).acquire()
         print("held", flush=True)
         {then}

@@ -13,10 +13,10 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-from qat.orchestration.grid import CONF_DIR, expand_grid
 
 from qat.config import RunConfig
 from qat.errors import ConfigError
+from qat.orchestration.grid import CONF_DIR, expand_grid
 
 
 def composed_per_cell(
