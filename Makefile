@@ -48,9 +48,10 @@ demo: setup  ## the smoke grid on the bundled corpus, logged to sqlite:///mlflow
 test: setup  ## the test suite (CPU; GPU tests are marked gpu and deselected without CUDA)
 	$(BIN)/python -m pytest -q
 
-lint: setup  ## ruff lint + format check
+lint: setup  ## ruff lint + format check + mypy (qat/ and analysis/)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

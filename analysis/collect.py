@@ -17,6 +17,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
@@ -170,7 +171,9 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
         )
         for run in page:
             rid, params, metrics = run.info.run_id, run.data.params, run.data.metrics
-            row = {col: _number(rid, "param", p, params) for p, col in _PARAMS.items()}
+            row: dict[str, Any] = {
+                col: _number(rid, "param", p, params) for p, col in _PARAMS.items()
+            }
             row["loss"] = _number(rid, "metric", FINAL_METRIC, metrics)
             row["fp_loss"] = metrics.get(FP_METRIC, math.nan)
             fused = _bool(params.get("fusion", "False"), f"run {rid}")
@@ -212,6 +215,7 @@ def load_runs(
             if csv is None:
                 raise
             log.warning("%s; using %s instead", e, csv)
+    assert csv is not None  # checked above: with no experiment, csv is given
     return read_table(csv), f"file:{csv}"
 
 

@@ -230,7 +230,9 @@ def rank_trend(x: pd.Series, y: pd.Series) -> RankTrend:
         why = f"{n} cells" if n < 3 else "no variation in S_total or in the fraction"
         return {"n": n, "rho": None, "p_value": None, "direction": "undetermined", "why": why}
     rho, p = spearmanr(x, y)
-    direction = "grows" if rho > 0 else "falls" if rho < 0 else "flat"
+    direction: Literal["grows", "falls", "flat"] = (
+        "grows" if rho > 0 else "falls" if rho < 0 else "flat"
+    )
     return {"n": n, "rho": float(rho), "p_value": float(p), "direction": direction}
 
 

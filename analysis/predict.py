@@ -14,7 +14,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -203,7 +203,7 @@ def wasted_tokens(
 def wasted_tokens_table(
     fitted: FittedLaw,
     n: float,
-    budgets: Sequence[float],
+    budgets: Iterable[float],
     bits: Sequence[float] = (1, 2, 4, 6),
     frac: float = 0.1,
 ) -> pd.DataFrame:
@@ -239,8 +239,8 @@ def _loss_under_memory(fitted: FittedLaw, memory: float, compute: float, bits: f
 
 def optimal_bits(
     fitted: FittedLaw,
-    memory: float | Sequence[float],
-    compute: float | Sequence[float],
+    memory: ArrayLike,
+    compute: ArrayLike,
     bits: Sequence[float] = (1, 2, 4, 6, 8, 16),
 ) -> pd.DataFrame:
     """For each memory budget M (bytes) and training compute C (FLOPs), every bit width's model

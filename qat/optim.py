@@ -11,7 +11,8 @@ SCALE_GROUP = "quant_scales"
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if name.endswith(".scale"):
             continue  # added by add_scale_group at the QAT switch

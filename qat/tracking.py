@@ -67,7 +67,8 @@ class MlflowSink:
     def flush(self) -> None:
         while self._buffer:
             batch, self._buffer = self._buffer[:900], self._buffer[900:]
-            self._tracker.call(lambda c, b=batch: c.log_batch(self._run_id, metrics=b))
+            # b=batch binds this batch (ruff B023); mypy cannot infer a lambda with a default
+            self._tracker.call(lambda c, b=batch: c.log_batch(self._run_id, metrics=b))  # type: ignore[misc]
 
     def close(self) -> None:
         self.flush()
@@ -147,7 +148,8 @@ class Tracker:
         fresh = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
         for start in range(0, len(fresh), 90):
             batch = fresh[start : start + 90]
-            self.call(lambda c, b=batch: c.log_batch(run_id, params=b))
+            # b=batch binds this batch (ruff B023); mypy cannot infer a lambda with a default
+            self.call(lambda c, b=batch: c.log_batch(run_id, params=b))  # type: ignore[misc]
 
     def log_artifact(self, run_id: str, path: Path) -> None:
         self.call(lambda c: c.log_artifact(run_id, str(path)))

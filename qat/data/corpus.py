@@ -17,7 +17,7 @@ import importlib.util
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from qat.data.bundled import BUNDLED_PACKAGES, check_bundled, iter_bundled
@@ -103,6 +103,7 @@ def _file_documents(path: Path) -> Iterator[str]:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    docs: Iterable[str]
     if path.suffix == ".jsonl":
         docs = _jsonl_texts(path, raw)
     elif path.suffix == ".json":

@@ -15,6 +15,7 @@ position in that epoch's permutation) of the next stream entry.
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -163,9 +164,12 @@ def unigram_entropy(shard_path: Path) -> float:
         raise DataError(f"shard {shard_path} is empty; entropy needs at least one token")
     size = int(tokens.max()) + 1
     # Chunked because bincount widens its input to int64: 8 bytes per token at once otherwise.
-    counts = sum(
-        np.bincount(tokens[start : start + _COUNT_CHUNK], minlength=size)
-        for start in range(0, len(tokens), _COUNT_CHUNK)
+    counts = cast(  # an array, not sum's start 0: tokens is not empty
+        np.ndarray,
+        sum(
+            np.bincount(tokens[start : start + _COUNT_CHUNK], minlength=size)
+            for start in range(0, len(tokens), _COUNT_CHUNK)
+        ),
     )
     p = counts[counts > 0] / len(tokens)
     return float(-(p * np.log(p)).sum())

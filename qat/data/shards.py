@@ -23,7 +23,7 @@ MAGIC = b"QATTOKS\x00"
 VERSION = 1
 HEADER_SIZE = 64
 _HEADER = struct.Struct("<8sIIIQ")
-_DTYPES = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_DTYPES: dict[int, np.dtype] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _MAX_VOCAB = 2**32 - 1  # the header field is a uint32
 
 

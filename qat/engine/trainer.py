@@ -190,6 +190,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         data = self.config.data
+        count: float  # an int token count until reduce_sum returns floats
         total, count = 0.0, 0
         self.model.eval()
         batches = eval_batches(self.data.val_path, data.batch_size, data.seq_len, data.eval_tokens)

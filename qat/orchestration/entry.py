@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,11 +17,14 @@ FAILED_CELLS: list[str] = []
 def run_from_hydra(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    # mode is Optional in HydraConf's schema but always set once Hydra runs a job.
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"  # type: ignore[union-attr]
     overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
     try:
         _configure_slurm_job()
-        config = RunConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))
+        config = RunConfig.from_dict(
+            cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
+        )
         from qat.cell import run_cell
 
         result = run_cell(config)

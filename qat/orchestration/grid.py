@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -158,4 +158,6 @@ class _CellComposer:
 def _config(cfg: DictConfig) -> RunConfig:
     tree = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(tree, dict)
-    return RunConfig.from_dict({k: v for k, v in tree.items() if k != "hydra"})
+    return RunConfig.from_dict(
+        {k: v for k, v in cast("dict[str, Any]", tree).items() if k != "hydra"}
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +21,9 @@ class GridCallback(Callback):
 
         try:
             params = config.hydra.sweeper.get("params")
-            sweep = OmegaConf.to_container(params) if params is not None else {}
+            sweep = (
+                cast("dict[str, str]", OmegaConf.to_container(params)) if params is not None else {}
+            )
             cells = expand_grid(list(config.hydra.overrides.task), sweeper_params=sweep)
             ensure_store(resolve_tracking_uri(config.tracking.uri))
             register_branch_points(cells)

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,13 +42,14 @@ def sweep_params(overrides: list[str]) -> dict[str, list[str]]:
 
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    # parse_overrides sets every input_line (Optional only for Overrides built by hand).
+    fixed = [cast(str, o.input_line) for o in parsed if not o.is_sweep_override()]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True)
     params = {k: str(v) for k, v in (hydra_cfg.hydra.sweeper.get("params") or {}).items()}
     for override in parsed:
         if override.is_sweep_override():
-            params[override.get_key_element()] = override.input_line.split("=", 1)[1]
+            params[override.get_key_element()] = cast(str, override.input_line).split("=", 1)[1]
     return {key: [v.strip() for v in value.split(",")] for key, value in params.items()}
 
 

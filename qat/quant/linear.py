@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,6 +20,8 @@ class QuantLinear(nn.Module):
     to the optimizer by the caller. The fp32 master weight is fake-quantized first and F.linear
     then follows any active autocast.
     """
+
+    bias: nn.Parameter | None  # registered in __init__ (nn.Module's __getattr__ is untyped)
 
     def __init__(
         self,
@@ -45,7 +49,8 @@ class QuantLinear(nn.Module):
         cls, linear: nn.Linear, fmt: QuantFormat | float | str, kernel: str = "auto"
     ) -> QuantLinear:
         """Wrap ``linear``'s own parameters; ``fmt`` may also be a bits value."""
-        return cls(linear.weight, linear.bias, as_format(fmt), kernel)
+        # nn.Linear declares weight a Tensor; it is its Parameter.
+        return cls(cast(nn.Parameter, linear.weight), linear.bias, as_format(fmt), kernel)
 
     @torch.no_grad()
     def reset_scale(self) -> None:

@@ -31,6 +31,7 @@ def _project(w: Tensor, u: Tensor, fmt: QuantFormat) -> Tensor:
         return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
     if fmt.family == "seq":
         n, shift = fmt.n_levels, fmt.shift
+        assert n is not None  # QuantFormat.__post_init__ requires it for SEQ
         return (torch.round(u.clamp(-SEQ_CLIP, SEQ_CLIP) * n - shift) + shift) / n
     return torch.round(u).clamp(fmt.qn, fmt.qp)
 

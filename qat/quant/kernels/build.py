@@ -13,14 +13,27 @@ import os
 import re
 import shutil
 from pathlib import Path
-from types import ModuleType
+from typing import Protocol
 
 import torch
+from torch import Tensor
 
 SOURCES = ("binding.cpp", "fake_quant.cu")
 HEADERS = ("division.cuh",)  # included by fake_quant.cu: part of the key, not compiled alone
 _HERE = Path(__file__).resolve().parent
-_extension: ModuleType | None = None
+
+
+class FakeQuantExtension(Protocol):
+    """The compiled module's functions (binding.cpp); cpp_extension.load returns it untyped."""
+
+    def forward(self, w: Tensor, scale: Tensor, family: int, params: list[float]) -> Tensor: ...
+
+    def backward(
+        self, grad: Tensor, w: Tensor, scale: Tensor, family: int, params: list[float]
+    ) -> tuple[Tensor, Tensor]: ...
+
+
+_extension: FakeQuantExtension | None = None
 
 
 class KernelBuildError(RuntimeError):
@@ -68,7 +81,7 @@ def build_key() -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", key)
 
 
-def _build() -> ModuleType:
+def _build() -> FakeQuantExtension:
     if find_nvcc() is None:
         raise KernelBuildError(
             "kernel='cuda' needs nvcc to build its extension and none was found "
@@ -95,7 +108,7 @@ def _build() -> ModuleType:
         ) from err
 
 
-def extension() -> ModuleType:
+def extension() -> FakeQuantExtension:
     """The compiled extension, built (or loaded from the cache) on the first call."""
     global _extension
     if _extension is None:
