@@ -85,20 +85,3 @@ def test_killed_zero2_run_resumes(tmp_path, data_dir, two_gpus):
     print(f"final/val_loss: uninterrupted {two_gpus[0]:.4f}, resumed {final:.4f}")
     assert fp == pytest.approx(two_gpus[1], rel=1e-3)
     assert final == pytest.approx(two_gpus[0], rel=0.01)
-
-
-def test_engine_forward_runs_in_bf16(tmp_path, data_dir):
-    # Without its torch_autocast section the engine turns an outer CUDA autocast off and the
-    # model trains in fp32 (4.8x slower on an H200: docs/benchmarks.md).
-    from qat.cell import load_data
-    from qat.engine import Trainer, make_backend
-    from qat.orchestration.grid import expand_grid
-
-    (config,) = expand_grid(
-        ["trainer=deepspeed", "model=mini-s", "data=bundled-large", "bits=4", f"run_dir={tmp_path}"]
-    )
-    trainer = Trainer(config, load_data(config), tmp_path / "ck", make_backend(config))
-    inputs, _ = trainer.loader.next_batch()
-    with trainer._autocast():
-        logits = trainer.forward(inputs[:2].to(trainer.device))
-    assert logits.dtype == torch.bfloat16

@@ -30,7 +30,7 @@ def corpus(tmp_path_factory):
     return prepare(str(folder), tmp_path_factory.mktemp("shards") / "toy", vocab_size=512)
 
 
-def config(data_dir, compile_model: bool, bits: float = 4.0) -> RunConfig:
+def config(data_dir, compile_model: bool, bits: float = 4.0, backend: str = "torch") -> RunConfig:
     return RunConfig.from_dict(
         {
             "bits": bits,
@@ -48,7 +48,13 @@ def config(data_dir, compile_model: bool, bits: float = 4.0) -> RunConfig:
                 "cache_dir": str(data_dir),
             },
             "optim": {"lr": 1e-2},
-            "trainer": {"device": "cuda", "compile": compile_model, "progress": False},
+            "trainer": {
+                "backend": backend,
+                "device": "cuda",
+                "compile": compile_model,
+                "progress": False,
+            },
+            "trunk": "off" if backend == "deepspeed" else "share",
         }
     )
 
@@ -78,3 +84,14 @@ def test_compiled_reference_on_gpu_is_refused(tmp_path, corpus):
     cfg = RunConfig.from_dict({**cfg.to_dict(), "quant": {"kernel": "reference"}})
     with pytest.raises(ConfigError, match=r"trainer\.compile=true with the reference"):
         Trainer(cfg, corpus, tmp_path / "ckpt", make_backend(cfg))
+
+
+def test_deepspeed_engine_forward_runs_in_bf16(tmp_path, corpus):
+    # Without its torch_autocast section the engine turns an outer CUDA autocast off and the
+    # model trains in fp32 (4.8x slower on an H200: docs/benchmarks.md).
+    cfg = config(corpus.out_dir, compile_model=False, backend="deepspeed")
+    trainer = Trainer(cfg, corpus, tmp_path / "ck", make_backend(cfg))
+    inputs, _ = trainer.loader.next_batch()
+    with trainer._autocast():
+        logits = trainer.forward(inputs[:2].to(trainer.device))
+    assert logits.dtype == torch.bfloat16
