@@ -17,7 +17,6 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
-from omegaconf import OmegaConf, open_dict
 
 from qat.orchestration.cell_status import cell_status, queued_job_ids, record_job
 
@@ -33,10 +32,13 @@ class QueueingSlurmLauncher(SlurmLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        from qat.orchestration.grid import cell_configs
+
         todo, run_dirs = [], []
         live_jobs = queued_job_ids()
-        for overrides in job_overrides:
-            config = self._run_config(overrides)
+        configs = cell_configs(job_overrides)  # one compose per group choice, not per cell
+        self._configs = {tuple(o): c for o, c in zip(job_overrides, configs, strict=True)}
+        for overrides, config in zip(job_overrides, configs, strict=True):
             status = cell_status(config, live_jobs)
             if status in ("finished", "queued", "running"):
                 log.info(f"skipping {' '.join(overrides)}: {status}")
@@ -69,7 +71,7 @@ class QueueingSlurmLauncher(SlurmLauncher):
         finally:
             submitit.AutoExecutor.map_array = original_map_array  # type: ignore[method-assign]
         for overrides, job in zip(todo, submitted, strict=True):
-            config = self._run_config(overrides)
+            config = self._configs[tuple(overrides)]
             record_job(Path(config.run_dir) / config.run_key, job.job_id)
         array = submitted[0].job_id.split("_")[0] if submitted else "-"
         print(
@@ -77,17 +79,6 @@ class QueueingSlurmLauncher(SlurmLauncher):
             f"follow with `make status` (python -m qat.status) or squeue"
         )
         return [_queued(overrides) for overrides in todo]
-
-    def _run_config(self, overrides: Sequence[str]):
-        from qat.config import RunConfig
-
-        assert self.hydra_context is not None and self.config is not None
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(cfg):
-            del cfg["hydra"]  # job-time fields (hydra.job.num) cannot be resolved here
-        tree = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(tree, dict)
-        return RunConfig.from_dict(tree)
 
 
 def _queued(overrides: Sequence[str]) -> JobReturn:

@@ -51,6 +51,21 @@ def expand_grid(
         return _expand(list(overrides), sweeper_params, compose)
 
 
+def cell_configs(cells: Sequence[Sequence[str]]) -> list[RunConfig]:
+    """The configs of cells given one by one (each a full override list, as a launcher gets
+    them), composed once per set of group choices; inside a running Hydra its config search path
+    is used."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        composer = _CellComposer(compose)
+        return [_config(composer(cell)) for cell in cells]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        composer = _CellComposer(compose)
+        return [_config(composer(cell)) for cell in cells]
+
+
 def _expand(
     overrides: list[str], sweeper_params: dict[str, str] | None, compose: Compose
 ) -> list[RunConfig]:
