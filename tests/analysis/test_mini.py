@@ -21,7 +21,7 @@ from analysis.law import QAT, FittedLaw
 from analysis.predict import empirical_optima, fit_predictor, law_optima, wasted_tokens
 from analysis.synthetic import TRUE_QAT_PARAMS, fused_grid, qat_grid
 
-# The mini grid of issue #8: 4 sizes (0.5M-10M non-embedding), bits 1/2/4/6 (+ FP-only rows),
+# The mini grid: 4 sizes (0.5M-10M non-embedding), bits 1/2/4/6 (+ FP-only rows),
 # 3 budgets, 6 classic fractions, 3 fused fractions.
 SIZES = (5e5, 1.5e6, 4e6, 1e7)
 BITS = (1.0, 2.0, 4.0, 6.0)

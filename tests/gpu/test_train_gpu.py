@@ -13,10 +13,7 @@ from qat.data import prepare
 from qat.quant import QuantLinear
 from qat.train import Trainer
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.gpu  # deselected without CUDA (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
