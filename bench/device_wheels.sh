@@ -21,11 +21,19 @@ WHL=.whl
 PY=${PY:-.venv/bin/python}   # a Python with torch + setuptools, for the two sdist-only builds
 mkdir -p "$WHL"
 
-# name==version, pinned to .venv's versions.
+# The name==version that pyproject.toml pins (core dependencies and extras alike).
+pin() {
+  local spec
+  spec=$(grep -oE "\"$1==[^\"]+\"" pyproject.toml | tr -d '"')
+  [ -n "$spec" ] || { echo "no $1==<version> in pyproject.toml" >&2; exit 1; }
+  echo "$spec"
+}
+
+# name==version: pyproject.toml's pins, and .venv's versions for the rest.
 PINS=(
   # Hydra; hydra-submitit-launcher only so that Hydra's plugin scan can import
   # hydra_plugins/qat_launcher without a warning (submitit itself is imported only for SLURM).
-  hydra-core==1.3.8 omegaconf==2.3.1 hydra-submitit-launcher==1.2.0
+  "$(pin hydra-core)" omegaconf==2.3.1 "$(pin hydra-submitit-launcher)"
   # MLflow tracking client + SQLite store
   mlflow-skinny==3.17.2 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 sqlparse==0.6.1
   cachetools==7.3.2 importlib-metadata==9.1.0 fastapi==0.165.0 starlette==1.10.0
@@ -39,7 +47,7 @@ PINS=(
 )
 # sdist-only on PyPI: built here into pure-Python wheels. DS_BUILD_OPS=0: no op is prebuilt,
 # DeepSpeed JIT-builds what it needs on the device (nvcc + ninja are there).
-BUILD=(antlr4-python3-runtime==4.9.3 deepspeed==0.19.8)
+BUILD=(antlr4-python3-runtime==4.9.3 "$(pin deepspeed)")
 
 prefix() { local n=${1%%==*}; echo "$(echo "$n" | tr 'A-Z-' 'a-z_')-${1##*==}-"; }  # wheel name
 have() { compgen -G "$WHL/$(prefix "$1")*.whl" >/dev/null; }

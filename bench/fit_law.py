@@ -2,7 +2,7 @@
 
     python bench/fit_law.py [--repeats 3] [--cores 2] [--out bench/results/fit_law.json]
 
-Cases (targets from the issue):
+Cases (each with its wall-time target):
 - chinchilla: the 245 points of Epoch AI's extraction of Hoffmann et al.'s data
   (tests/analysis/data/chinchilla_svg_extracted_data.csv), the 4,500-start grid; target <= 10 s.
 - qat: 800 synthetic points (5 sizes x 4 bit widths x 5 budgets x 8 fractions, 0.2% noise),

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from qat.errors import TrainingError
+from qat.extras import require
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,8 @@ def setup(device_type: str) -> DistInfo:
                 "on this node; launch one process per GPU"
             )
         torch.cuda.set_device(info.local_rank)
+    deepspeed = require("deepspeed", "deepspeed", needed_for="trainer=deepspeed")
     if not dist.is_initialized():
-        import deepspeed
-
         deepspeed.init_distributed(
             dist_backend="nccl" if device_type == "cuda" else "gloo", verbose=False
         )

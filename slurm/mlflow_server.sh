@@ -24,8 +24,9 @@ PORT=${QAT_MLFLOW_PORT:-${PORT:-5000}}
 WORKERS=${QAT_MLFLOW_WORKERS:-${WORKERS:-1}}
 PG_PORT=${QAT_MLFLOW_PG_PORT:-${PG_PORT:-5433}}
 PYTHON=${QAT_PYTHON:-$REPO/.venv/bin/python}
-# The version the project pins (pyproject); installed into the venv only if it is missing.
-PSYCOPG2=psycopg2-binary==2.9.13
+# pyproject.toml's `server` extra pins it; installed into the venv only if it is missing.
+PSYCOPG2=$(grep -oE '"psycopg2-binary==[^"]+"' "$REPO/pyproject.toml" | tr -d '"') ||
+  { echo "[qat-mlflow] error: no psycopg2-binary==<version> in $REPO/pyproject.toml" >&2; exit 1; }
 
 PGDATA=$STATE/pgdata
 PGSOCK=$STATE/pgsock

@@ -1,4 +1,4 @@
-"""Session fixtures shared by the integration and SLURM tests."""
+"""Session fixtures shared by the integration and SLURM tests, and the `gpu` marker's rule."""
 
 from __future__ import annotations
 
@@ -7,6 +7,18 @@ from pathlib import Path
 import pytest
 
 VOCAB = 2048  # the smoke grid's vocabulary: fast on CPU
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without CUDA, tests marked `gpu` are deselected (not collected as skips)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,7 @@ from qat.data import prepare
 from qat.engine import Trainer, make_backend
 from qat.quant import QuantLinear
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.gpu  # deselected without CUDA (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,7 @@ import torch
 
 from qat.quant.kernels import build
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.gpu  # deselected without CUDA (tests/conftest.py)
 
 DECLARATIONS = """
 torch::Tensor inverse(torch::Tensor alpha);

@@ -6,10 +6,7 @@ from torch import nn
 
 from qat.quant import QuantLinear, format_for_bits, init_scale, reference_fake_quant, resolve_kernel
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.gpu  # deselected without CUDA (tests/conftest.py)
 
 
 @pytest.mark.parametrize("bits", [1, 1.58, 2, 3, 4, 6, 8])

@@ -18,10 +18,7 @@ from qat.quant import (
 )
 from qat.quant.formats import grad_scale
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = pytest.mark.gpu  # deselected without CUDA (tests/conftest.py)
 
 BITS = (1, 1.58, 2, 3, 4, 6, 8)
 DTYPES = (torch.float32, torch.bfloat16)

@@ -187,6 +187,16 @@ def test_tiny_scale_is_clamped_not_divided_by_zero():
     assert out.abs().max() <= 8 * 1e-5
 
 
+@pytest.mark.parametrize("bits", BITS)
+def test_a_nan_scale_stays_nan(bits):
+    # The floor is no repair: a diverged scale must surface as a NaN loss.
+    fmt = format_for_bits(bits)
+    w = torch.randn(2, 5)
+    alpha = torch.tensor([[float("nan")], [0.5]])
+    out = reference_fake_quant(w, alpha, fmt)
+    assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
+
+
 def test_no_gradient_requested_for_frozen_inputs():
     fmt = format_for_bits(2)
     w = torch.randn(3, 4, requires_grad=True)

@@ -35,7 +35,7 @@ enum Family : int64_t { kBinary = 0, kSeq = 1, kLsq = 2 };
 // Each thread loads kUnroll 16-byte vectors per tensor before the first use, so several loads
 // are in flight. Measured on the H100 (bf16 forward+backward, 32768×8192): 4 vectors and up to
 // 256 threads a row ran at 2,960 GB/s, 1 vector and up to 1024 threads at 2,415. Evict-first
-// hints (__stcs/__ldcs) on the outputs and on dL/dŵ were slower too, and on an H200 (session 6)
+// hints (__stcs/__ldcs) on the outputs and on dL/dŵ were slower too, and on an H200
 // __ldcs on the backward's loads lost 3-6% from 8192×4096 up.
 constexpr int kUnroll = 4;
 constexpr int kMaxThreads = 256;
