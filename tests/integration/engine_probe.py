@@ -3,14 +3,13 @@
 Run as ``python -m tests.integration.engine_probe OVERRIDE...`` in a process of its own: it joins
 a process group of one, which must not outlive it (a pytest process holding one would hand its
 rank and port to every train.py it starts). For trainer.precision=bf16 and then fp32 it builds the
-engine as ``train.py trainer=deepspeed`` does (DeepSpeedTrainer), takes one optimizer step through
-it, and prints ``{precision: {layer: [output dtypes]}}`` as JSON on its last line.
+engine as ``train.py trainer=deepspeed`` does (a Trainer on the DeepSpeed backend), takes one
+optimizer step through it, and prints ``{precision: {layer: [output dtypes]}}`` as JSON on its last line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -22,11 +21,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from qat import distributed
+from qat.cell import load_data
 from qat.config import RunConfig
-from qat.deepspeed_trainer import DeepSpeedTrainer
+from qat.engine import Backend, Trainer, make_backend
 from qat.quant import QuantLinear
-from qat.train import load_data
 
 REPO = Path(__file__).resolve().parents[2]
 PRECISIONS = ("bf16", "fp32")
@@ -41,10 +39,10 @@ def run_config(overrides: Sequence[str]) -> RunConfig:
 
 
 def linear_output_dtypes(
-    config: RunConfig, checkpoint_dir: Path, dist: distributed.DistInfo
+    config: RunConfig, checkpoint_dir: Path, backend: Backend
 ) -> dict[str, list[str]]:
     """The dtypes every Linear layer returned during one optimizer step through the engine."""
-    trainer = DeepSpeedTrainer(config, load_data(config), checkpoint_dir, dist, resume=None)
+    trainer = Trainer(config, load_data(config), checkpoint_dir, backend, resume=None)
     seen: dict[str, set[str]] = {}
 
     def recorder(name: str) -> Any:
@@ -58,19 +56,17 @@ def linear_output_dtypes(
             module.register_forward_hook(recorder(name))
     # advance() is the training loop itself: the step runs under the trainer's autocast and
     # through the engine's forward, which may open or close an autocast of its own.
-    trainer.advance(1, lambda step: 1.0, [])
+    trainer.advance(1, lambda step: 1.0, lambda metrics, tokens: None)
     return {name: sorted(dtypes) for name, dtypes in seen.items()}
 
 
 def main(overrides: Sequence[str]) -> None:
     configs = {p: run_config([*overrides, f"trainer.precision={p}"]) for p in PRECISIONS}
-    wants_cuda = configs["bf16"].trainer.device != "cpu" and torch.cuda.is_available()
-    device_type = "cuda" if wants_cuda else "cpu"
-    os.environ.setdefault("DS_ACCELERATOR", device_type)  # as qat.deepspeed_trainer does
-    dist = distributed.setup(device_type)
     with tempfile.TemporaryDirectory() as tmp:
+        # A backend each: the engine is built from the precision (its torch_autocast section).
         dtypes = {
-            p: linear_output_dtypes(config, Path(tmp) / p, dist) for p, config in configs.items()
+            p: linear_output_dtypes(config, Path(tmp) / p, make_backend(config))
+            for p, config in configs.items()
         }
     print(json.dumps(dtypes), flush=True)
 
