@@ -4,7 +4,8 @@ Run as ``python -m tests.integration.engine_probe OVERRIDE...`` in a process of 
 a process group of one, which must not outlive it (a pytest process holding one would hand its
 rank and port to every train.py it starts). For trainer.precision=bf16 and then fp32 it builds the
 engine as ``train.py trainer=deepspeed`` does (a Trainer on the DeepSpeed backend), takes one
-optimizer step through it, and prints ``{precision: {layer: [output dtypes]}}`` as JSON on its last line.
+optimizer step through it, and prints ``{precision: {layer: [output dtypes]}}`` as JSON on its
+last line.
 """
 
 from __future__ import annotations
