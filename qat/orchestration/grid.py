@@ -51,6 +51,30 @@ def expand_grid(
         return _expand(list(overrides), sweeper_params, compose)
 
 
+def compose_each_cell(
+    overrides: Sequence[str], sample: int | None = None
+) -> tuple[int, dict[int, RunConfig]]:
+    """The sweep's cell count and its cells, each composed on its own with Hydra (``sample``
+    of them, chosen with a fixed seed, when given): the slow, plainly exact path that
+    :func:`expand_grid` is checked and timed against."""
+    import random
+
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        params = compose(CONFIG_NAME, overrides=fixed, return_hydra_config=True).hydra.sweeper
+        lines = [f"{k}={v}" for k, v in (params.get("params") or {}).items()] + list(overrides)
+        (cells,) = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
+        indices: Sequence[int] = range(len(cells))
+        if sample is not None:
+            indices = sorted(random.Random(0).sample(indices, sample))
+        return len(cells), {i: _config(compose(CONFIG_NAME, overrides=cells[i])) for i in indices}
+
+
 def cell_configs(cells: Sequence[Sequence[str]]) -> list[RunConfig]:
     """The configs of cells given one by one (each a full override list, as a launcher gets
     them), composed once per set of group choices; inside a running Hydra its config search path

@@ -3,47 +3,21 @@ as composing each one with Hydra gives them."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import hydra
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
 from qat.config import RunConfig
 from qat.errors import ConfigError
-from qat.orchestration.grid import CONF_DIR, expand_grid
-
-
-def composed_per_cell(
-    overrides: Sequence[str], sample: int | None = None
-) -> tuple[int, dict[int, RunConfig]]:
-    """The sweep's cell count and its cells (``sample`` of them, chosen at random with a fixed
-    seed, when given), each composed on its own with Hydra: the reference."""
-    parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        params = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper.params
-        lines = [f"{key}={value}" for key, value in (params or {}).items()] + list(overrides)
-        (cells,) = BasicSweeper.split_arguments(parser.parse_overrides(lines), None)
-        indices = range(len(cells))
-        if sample is not None:
-            indices = sorted(random.Random(0).sample(indices, sample))
-        reference = {}
-        for i in indices:
-            tree = OmegaConf.to_container(compose("config", overrides=cells[i]), resolve=True)
-            assert isinstance(tree, dict)
-            reference[i] = RunConfig.from_dict(tree)
-    return len(cells), reference
+from qat.orchestration.grid import CONF_DIR, compose_each_cell, expand_grid
 
 
 def assert_same_cells(overrides: Sequence[str], sample: int | None = None) -> list[RunConfig]:
     configs = expand_grid(overrides)
-    count, reference = composed_per_cell(overrides, sample)
+    count, reference = compose_each_cell(overrides, sample)
     assert len(configs) == count
     for i, config in reference.items():
         assert configs[i] == config, f"cell {i} of {' '.join(overrides)}"
@@ -101,7 +75,7 @@ def test_command_line_sweeps_expand_as_hydra_composes_each_cell(overrides):
 
 
 def test_inside_a_running_hydra_as_the_multirun_callback_calls_it():
-    _, reference = composed_per_cell(["grid=smoke"])
+    _, reference = compose_each_cell(["grid=smoke"])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         configs = expand_grid(["grid=smoke"], {"bits": "16,2,4,8", "qat_frac": "0.25,0.5"})
     assert configs == list(reference.values())
