@@ -64,7 +64,8 @@ def compose_each_cell(
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    parsed = parser.parse_overrides(list(overrides))
+    fixed = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         params = compose(CONFIG_NAME, overrides=fixed, return_hydra_config=True).hydra.sweeper
         lines = [f"{k}={v}" for k, v in (params.get("params") or {}).items()] + list(overrides)
