@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from qat.config import RunConfig, flatten
 from qat.data import DatasetInfo, default_data_dir, prepare
@@ -62,6 +62,8 @@ def run_cell(config: RunConfig) -> RunResult:
     """Train one grid cell to completion, or skip it (FINISHED already, or another live job
     holds it)."""
     backend = make_backend(config)
+    # The store first: a dead tracking server fails in seconds, before any data is prepared.
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if backend.is_main else None
     data = load_data(config)
     provenance = {
         PRECISION: effective_precision(config, backend.device),
@@ -69,30 +71,30 @@ def run_cell(config: RunConfig) -> RunResult:
     }
     key = config.run_key
     run_dir = Path(config.run_dir) / key
-    tracker: Tracker | None = None
     claim: Claim | None = None
-    verdict: RunResult | None = None
-    if backend.is_main:
-        tracker = Tracker(config.tracking.uri, config.tracking.experiment)
+    # What the main process decided, for every process: train (None), a result, or a refusal.
+    verdict: RunResult | ConfigError | None = None
+    if tracker is not None:
         verdict = finished_result(config, tracker, provenance)
         if verdict is None:
             claim = Claim(run_dir)
             try:
                 claim.acquire()
+                _check_provenance(config, run_dir, provenance)
             except CellBusy as busy:
                 print(f"[{key}] {busy}: skipping")
                 claim = None
                 verdict = RunResult(key, "", True, float("nan"), None)
-    verdict = backend.broadcast(verdict)  # type: ignore[assignment]
+            except ConfigError as refusal:
+                claim.release()
+                verdict = refusal
+    verdict = cast(RunResult | ConfigError | None, backend.broadcast(verdict))
+    if isinstance(verdict, ConfigError):
+        raise verdict
     if verdict is not None:
         backend.finish()
         return verdict
     try:
-        if backend.is_main:  # refused before any MLflow run is opened for the cell
-            folders = {run_dir: "run folder"}
-            if config.trunk == "share" and branch_step(config) > 0:
-                folders[TrunkStore(config).dir] = "trunk"
-            check_all(folders, provenance)
         trainer = Trainer(config, data, run_dir / "checkpoints", backend)
         if tracker is not None:
             result = _train_and_track(trainer, tracker, run_dir, provenance)
@@ -105,6 +107,14 @@ def run_cell(config: RunConfig) -> RunResult:
                 claim.release()
     backend.finish()
     return result
+
+
+def _check_provenance(config: RunConfig, run_dir: Path, provenance: dict[str, str]) -> None:
+    """Refuse, before any MLflow run is opened, a run folder or trunk trained otherwise."""
+    folders = {run_dir: "run folder"}
+    if config.trunk == "share" and branch_step(config) > 0:
+        folders[TrunkStore(config).dir] = "trunk"
+    check_all(folders, provenance)
 
 
 def finished_result(
