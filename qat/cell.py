@@ -16,10 +16,10 @@ from qat.config import RunConfig, flatten
 from qat.data import DatasetInfo, default_data_dir, prepare
 from qat.engine import Trainer, effective_precision, make_backend
 from qat.errors import ConfigError
-from qat.schedule import warmup_multiplier, warmup_steps
+from qat.schedule import plan_phases, warmup_multiplier, warmup_steps
 from qat.store.claim import CellBusy, Claim
 from qat.store.provenance import check_all, mismatches
-from qat.store.trunk_store import TrunkStore, branch_step
+from qat.store.trunk_store import TrunkStore
 from qat.tracking import JsonlSink, MetricSink, MlflowSink, Tracker
 from qat.tracking_schema import (
     BRANCH_TOKENS_TAG,
@@ -35,6 +35,7 @@ from qat.tracking_schema import (
     TRUNK_KEY_TAG,
     WORLD_SIZE,
 )
+from qat.trunk import branch_step
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def _train_and_track(
     run_id = tracker.open_run(key, run_name(config), hint)
     id_file.write_text(run_id)
     try:
-        _log_setup(tracker, run_id, trainer, run_dir, provenance)
+        _log_setup(tracker, run_id, trainer, provenance)
         sinks: list[MetricSink] = [
             MlflowSink(tracker, run_id),
             JsonlSink(run_dir / "metrics.jsonl"),
@@ -228,26 +229,40 @@ def _log_setup(
     tracker: Tracker,
     run_id: str,
     trainer: Trainer,
-    run_dir: Path,
     provenance: dict[str, str],
 ) -> None:
+    counts = (trainer.n_params, trainer.n_params_total)
+    log_setup(tracker, run_id, trainer.config, counts, trainer.backend.world_size, provenance)
+
+
+def log_setup(
+    tracker: Tracker,
+    run_id: str,
+    config: RunConfig,
+    counts: tuple[int, int],
+    world_size: int,
+    provenance: dict[str, str],
+) -> None:
+    """A cell's params (the flattened config, the law's counts, provenance) and config.yaml."""
     import yaml
 
-    config, plan = trainer.config, trainer.plan
+    plan = plan_phases(config)
     params: dict[str, Any] = flatten(config.to_dict())
     params.update(
         {
             "run_key": config.run_key,
-            N_PARAMS: trainer.n_params,
-            N_PARAMS_TOTAL: trainer.n_params_total,
+            N_PARAMS: counts[0],
+            N_PARAMS_TOTAL: counts[1],
             TOKENS_FP: plan.tokens_fp,
             TOKENS_QAT: plan.tokens_qat,
             TOKENS_TOTAL: plan.tokens_total,
-            WORLD_SIZE: trainer.backend.world_size,
+            WORLD_SIZE: world_size,
             **provenance,
         }
     )
     tracker.log_params(run_id, params)
+    run_dir = Path(config.run_dir) / config.run_key
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
     tracker.log_artifact(run_id, config_path)

@@ -61,6 +61,16 @@ def save_checkpoint(
     return commit_checkpoint(tmp, tokens, state, keep)
 
 
+def save_weights(
+    checkpoint_dir: Path, tokens: int, weights: dict[str, torch.Tensor], state: dict[str, Any]
+) -> Checkpoint:
+    """A checkpoint of the model's weights alone (a packed member's final weights, for export):
+    nothing to resume from, every other checkpoint of the folder pruned."""
+    tmp = staging_dir(checkpoint_dir, tokens, f"-{os.getpid()}")
+    torch.save(weights, tmp / MODEL_FILE)
+    return commit_checkpoint(tmp, tokens, state, keep=1)
+
+
 def staging_dir(checkpoint_dir: Path, tokens: int, suffix: str = "") -> Path:
     """An empty hidden folder to write a checkpoint into (complete only once committed)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

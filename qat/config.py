@@ -86,6 +86,8 @@ class TrainerConfig:
     # the science: data.batch_size stays the global batch, split over ranks and micro-steps.
     zero_stage: int = 0
     grad_accum: int = 1
+    # trainer=packed only: members per pack at most (0: as many as the GPU's memory allows).
+    pack_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,13 +189,16 @@ class RunConfig:
         _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} >= 0")
         _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} >= 0 (0 disables)")
         _require(
-            t.backend in ("torch", "deepspeed"),
-            f"trainer.backend={t.backend!r} is one of: torch, deepspeed",
+            t.backend in ("torch", "deepspeed", "packed"),
+            f"trainer.backend={t.backend!r} is one of: torch, deepspeed, packed",
         )
         _require(t.zero_stage in (0, 1, 2), f"trainer.zero_stage={t.zero_stage} is one of 0, 1, 2")
         _require(t.grad_accum >= 1, f"trainer.grad_accum={t.grad_accum} >= 1")
-        if t.backend == "torch":
-            _require(t.grad_accum == 1, "trainer.grad_accum=1 with trainer=torch (use deepspeed)")
+        _require(t.pack_size >= 0, f"trainer.pack_size={t.pack_size} >= 0 (0: fit the memory)")
+        if t.backend in ("torch", "packed"):
+            _require(
+                t.grad_accum == 1, f"trainer.grad_accum=1 with trainer={t.backend} (use deepspeed)"
+            )
         else:
             # A trunk is extended by whichever single process needs it first; a multi-process
             # cell cannot hand that job to one rank, so DeepSpeed cells train their own prefix.

@@ -2,15 +2,17 @@
 
     python -m qat.node_grid grid=mini --gpus 4 --workers-per-gpu 8
     python -m qat.node_grid grid=smoke bits=2,4 --gpus 0 --workers-per-gpu 2   # CPU only
+    python -m qat.node_grid grid=mini trainer=packed --gpus 1   # packed: sub-grids as packs
 
 Small models leave a GPU mostly idle (one process cannot launch kernels fast enough), so several
-workers share each GPU. The sweep is split into sub-grids by the keys of ``--split`` (each
-sub-grid is one ``train.py -m`` with those keys fixed: one Python start per sub-grid, not per
-cell); workers take sub-grids from a queue, biggest first as the grid file lists them. Every
-trunk's branch points are registered before any worker starts, so no trunk prefix is trained
-twice. A cell another worker holds is skipped by its claim, a FINISHED one by MLflow: running the
-same command again finishes what is left. ``--deadline`` stops the workers (SIGINT: the MLflow run
-is marked KILLED and resumes from its checkpoint next time) and exits 3.
+workers share each GPU, or, with ``trainer=packed``, each sub-grid (a model and a seed, by default)
+is trained as one batched model (qat.pack) by one worker per GPU. The sweep is split into sub-grids
+by the keys of ``--split`` (each sub-grid is one ``train.py -m`` with those keys fixed: one Python
+start per sub-grid, not per cell); workers take sub-grids from a queue, biggest first as the grid
+file lists them. Every trunk's branch points are registered before any worker starts, so no trunk
+prefix is trained twice. A cell another worker holds is skipped by its claim, a FINISHED one by
+MLflow: running the same command again finishes what is left. ``--deadline`` stops the workers
+(SIGINT: the MLflow run is marked KILLED and resumes from its checkpoint next time) and exits 3.
 """
 
 from __future__ import annotations
@@ -26,11 +28,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py -m")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs to use (0: CPU); all")
-    parser.add_argument("--workers-per-gpu", type=int, default=4)
-    parser.add_argument("--split", default="model,tokens,bits", help="keys fixed per sub-grid")
+    parser.add_argument(
+        "--workers-per-gpu", type=int, default=None, help="default 4; 1 with trainer=packed"
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="keys fixed per sub-grid (default model,tokens,bits; model,seed with trainer=packed)",
+    )
     parser.add_argument("--deadline", type=float, default=None, help="seconds, then stop")
     parser.add_argument("--log-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    packed = "trainer=packed" in args.overrides
+    if args.workers_per_gpu is None:
+        args.workers_per_gpu = 1 if packed else 4
+    if args.split is None:
+        # A pack is a (model × seed) sub-grid: one process that never trains a prefix twice.
+        args.split = "model,seed" if packed else "model,tokens,bits"
     if args.workers_per_gpu < 1:
         parser.error("--workers-per-gpu must be >= 1")
 

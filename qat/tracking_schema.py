@@ -18,6 +18,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_KEY_TAG = "run_key"
 TRUNK_KEY_TAG = "trunk_key"
 BRANCH_TOKENS_TAG = "branch_tokens"
+PACK_KEY_TAG = "pack_key"  # trainer=packed: the pack that trained the cell
 
 # Metrics (step = tokens seen)
 TRAIN_LOSS = "train/loss"

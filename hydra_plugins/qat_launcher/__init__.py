@@ -50,32 +50,96 @@ class QueueingSlurmLauncher(SlurmLauncher):
         if not todo:
             print(f"nothing to submit: all {len(job_overrides)} cells are finished or queued")
             return []
+        packs = self._packs(todo)
+        if packs is not None:
+            return self._submit(todo, packs)
         returns = super().launch(todo, initial_job_idx) if self.wait else self._submit(todo)
         return returns
 
-    def _submit(self, todo: list[Sequence[str]]) -> list[JobReturn]:
-        """The upstream launch without its final wait for every job's result."""
+    def _packs(self, todo: list[Sequence[str]]) -> list[list[Sequence[str]]] | None:
+        """trainer=packed: the cells grouped into packs (one array task each), else None.
+        A task splits its pack further if the GPU it lands on cannot hold it (qat.pack)."""
+        configs = [self._configs[tuple(o)] for o in todo]
+        if not all(c.trainer.backend == "packed" for c in configs):
+            return None
+        from qat.orchestration.packs import group_packs
+
+        by_key = {c.run_key: o for c, o in zip(configs, todo, strict=True)}
+        groups = group_packs(configs, lambda c: c.trainer.pack_size or None)
+        return [[by_key[c.run_key] for c in group] for group in groups]
+
+    def __call__(
+        self,
+        sweep_overrides: Any,
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: dict[type, Any],
+    ) -> JobReturn:
+        """One array task: a cell (upstream), or a pack (a list of cells' overrides)."""
+        if not sweep_overrides or isinstance(sweep_overrides[0], str):
+            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+        return self._run_pack(sweep_overrides, singleton_state)
+
+    def _run_pack(self, members: list[list[str]], singleton_state: dict[type, Any]) -> JobReturn:
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import setup_globals
+        from omegaconf import OmegaConf, open_dict
+
+        from qat.config import RunConfig
+        from qat.orchestration.entry import configure_slurm_job
+        from qat.orchestration.packs import run_packs
+
+        assert self.hydra_context is not None and self.config is not None
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        configure_slurm_job()
+        configs = []
+        for overrides in members:
+            tree = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            with open_dict(tree):
+                del tree["hydra"]  # the job's own config, as Hydra hands a task function
+            configs.append(RunConfig.from_dict(OmegaConf.to_container(tree, resolve=True)))  # type: ignore[arg-type]
+        outcomes = run_packs(configs)
+        failed = [
+            f"{key}: {error}" for key, error in outcomes.items() if isinstance(error, Exception)
+        ]
+        for line in failed:
+            print(f"error: {line}", flush=True)
+        status = JobStatus.FAILED if failed else JobStatus.COMPLETED
+        return JobReturn(overrides=[], status=status, _return_value=None)
+
+    def _submit(
+        self, todo: list[Sequence[str]], packs: list[list[Sequence[str]]] | None = None
+    ) -> list[JobReturn]:
+        """The upstream launch without its final wait for every job's result; with ``packs``,
+        one array task per pack (its first cell's overrides stand in for it upstream)."""
         import submitit
 
         original_map_array = submitit.AutoExecutor.map_array
         submitted: list[Any] = []
+        tasks = packs if packs is not None else [[overrides] for overrides in todo]
 
         def map_array(executor: Any, fn: Any, *iterables: Any) -> list[Any]:
+            if packs is not None:  # each task runs a whole pack
+                iterables = ([list(map(list, p)) for p in packs], *iterables[1:])
             jobs = original_map_array(executor, fn, *iterables)
             submitted.extend(jobs)
             return []  # nothing to wait for: upstream then collects no results
 
         submitit.AutoExecutor.map_array = map_array  # type: ignore[method-assign]
         try:
-            super().launch(todo, 0)
+            super().launch([task[0] for task in tasks], 0)
         finally:
             submitit.AutoExecutor.map_array = original_map_array  # type: ignore[method-assign]
-        for overrides, job in zip(todo, submitted, strict=True):
-            config = self._configs[tuple(overrides)]
-            record_job(Path(config.run_dir) / config.run_key, job.job_id)
+        for task, job in zip(tasks, submitted, strict=True):
+            for overrides in task:
+                config = self._configs[tuple(overrides)]
+                record_job(Path(config.run_dir) / config.run_key, job.job_id)
         array = submitted[0].job_id.split("_")[0] if submitted else "-"
+        what = f"{len(todo)} cell(s) in {len(tasks)} pack(s)" if packs else f"{len(todo)} cell(s)"
         print(
-            f"submitted {len(submitted)} cell(s) as job array {array}; "
+            f"submitted {what} as job array {array}; "
             f"follow with `make status` (python -m qat.status) or squeue"
         )
         return [_queued(overrides) for overrides in todo]

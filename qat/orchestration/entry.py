@@ -7,11 +7,14 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from qat.cell import RunResult
 from qat.config import RunConfig
-from qat.errors import ConfigError, QatError
+from qat.errors import ConfigError, QatError, TrainingError
 
 # Cells of this process's multirun that failed; GridCallback reports them at the end.
 FAILED_CELLS: list[str] = []
+# trainer=packed multiruns: each cell's outcome (a result, or its error) once its pack has run.
+PACKED_RESULTS: dict[str, RunResult | TrainingError] = {}
 
 
 def run_from_hydra(cfg: DictConfig) -> float | None:
@@ -21,13 +24,11 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"  # type: ignore[union-attr]
     overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
     try:
-        _configure_slurm_job()
+        configure_slurm_job()
         config = RunConfig.from_dict(
             cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
         )
-        from qat.cell import run_cell
-
-        result = run_cell(config)
+        result = _run(config)
     except QatError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         # A config error applies to every cell alike: stop now. Other failures (a NaN loss in
@@ -48,7 +49,21 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     return result.final_val_loss
 
 
-def _configure_slurm_job() -> None:
+def _run(config: RunConfig) -> RunResult:
+    if config.trainer.backend == "packed":
+        from qat.pack import run_single
+
+        # A multirun trains its packs before its cells (GridCallback); each cell then reports.
+        outcome = PACKED_RESULTS.pop(config.run_key, None) or run_single(config)
+        if isinstance(outcome, TrainingError):
+            raise outcome
+        return outcome
+    from qat.cell import run_cell
+
+    return run_cell(config)
+
+
+def configure_slurm_job() -> None:
     """Inside a SLURM job: defer submitit's requeue signal to a step boundary, and use the
     CPUs the job was given rather than every core of the node."""
     import os

@@ -26,7 +26,14 @@ class GridCallback(Callback):
             )
             cells = expand_grid(list(config.hydra.overrides.task), sweeper_params=sweep)
             ensure_store(resolve_tracking_uri(config.tracking.uri))
-            register_branch_points(cells)
+            packed = [c for c in cells if c.trainer.backend == "packed"]
+            register_branch_points([c for c in cells if c.trainer.backend != "packed"])
+            if packed and _runs_here(config):
+                # Packs train now, in this process; each cell's job then reports its outcome.
+                from qat.orchestration.entry import PACKED_RESULTS
+                from qat.orchestration.packs import run_packs
+
+                PACKED_RESULTS.update(run_packs(packed))
         except QatError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
@@ -39,3 +46,8 @@ class GridCallback(Callback):
             for line in FAILED_CELLS:
                 print(f"  {line}", file=sys.stderr)
             raise SystemExit(1)
+
+
+def _runs_here(config: DictConfig) -> bool:
+    """Whether the launcher runs the cells in this process (Hydra's basic launcher)."""
+    return str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")

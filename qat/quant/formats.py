@@ -151,6 +151,8 @@ def init_scale(w: Tensor, fmt: QuantFormat) -> Tensor:
     return alpha.clamp_min(SCALE_EPS)
 
 
-def grad_scale(w: Tensor, fmt: QuantFormat) -> float:
-    """LSQ's scale-gradient factor 1/sqrt(numel·Qp), which keeps α's step size comparable to w's."""
-    return 1.0 / math.sqrt(w.numel() * fmt.qp)
+def grad_scale(w: Tensor | int, fmt: QuantFormat) -> float:
+    """LSQ's scale-gradient factor 1/sqrt(numel·Qp), which keeps α's step size comparable to w's
+    (``w``: the weight, or its number of elements)."""
+    numel = w if isinstance(w, int) else w.numel()
+    return 1.0 / math.sqrt(numel * fmt.qp)

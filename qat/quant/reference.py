@@ -49,15 +49,20 @@ class FakeQuantFunction(torch.autograd.Function):
     """ŵ = α·q(w/α) forward; STE for w and the LSQ-style gradient for α backward."""
 
     @staticmethod
-    def forward(ctx: Any, w: Tensor, scale: Tensor, fmt: QuantFormat) -> Tensor:
+    def forward(
+        ctx: Any, w: Tensor, scale: Tensor, fmt: QuantFormat, weight_numel: int | None = None
+    ) -> Tensor:
+        """``weight_numel``: the size of the weight the rows belong to, when ``w`` stacks the
+        rows of several equal weights (a pack's members); it sets α's gradient scale."""
         # Save the inputs, not u: they are parameters anyway, and recomputing u is cheap.
         ctx.save_for_backward(w, scale)
         ctx.fmt = fmt
+        ctx.weight_numel = weight_numel or w.numel()
         wc, alpha, u = _normalised(w, scale)
         return (alpha * _project(wc, u, fmt)).to(w.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         w, scale = ctx.saved_tensors
         fmt: QuantFormat = ctx.fmt
         wc, _, u = _normalised(w, scale)
@@ -77,9 +82,9 @@ class FakeQuantFunction(torch.autograd.Function):
             else:
                 # Clipped weights sit at α·Qn / α·Qp; inside, round() is passed straight through.
                 dq = torch.where(small, fmt.qn, torch.where(big, fmt.qp, q - u))
-            row = (dq * g).sum(dim=1, keepdim=True) * grad_scale(w, fmt)
+            row = (dq * g).sum(dim=1, keepdim=True) * grad_scale(ctx.weight_numel, fmt)
             grad_scale_out = row.to(scale.dtype).reshape(scale.shape)
-        return grad_w, grad_scale_out, None
+        return grad_w, grad_scale_out, None, None
 
 
 def reference_fake_quant(w: Tensor, scale: Tensor, fmt: QuantFormat) -> Tensor:

@@ -56,7 +56,7 @@ def layer(module: str) -> str:
     for name in ("engine", "store", "orchestration"):
         if module == f"qat.{name}" or module.startswith(f"qat.{name}."):
             return name
-    return "cell" if module == "qat.cell" else "foundation"
+    return "cell" if module in ("qat.cell", "qat.pack") else "foundation"
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -66,7 +66,7 @@ def test_a_changed_corpus_is_refused_by_a_finished_cell_and_by_its_trunk(tmp_pat
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_an_explicit_precision_is_a_cell_of_its_own(tmp_path, precision):
     from qat.orchestration.grid import expand_grid
-    from qat.store.trunk_store import trunk_key
+    from qat.trunk import trunk_key
 
     (auto,) = expand_grid(["bits=4"])
     (chosen,) = expand_grid(["bits=4", f"trainer.precision={precision}"])

@@ -99,3 +99,22 @@ def test_grid_runs_requeues_and_resubmits_nothing(tmp_path, data_root):
     )
     assert status.returncode == 0, status.stderr[-3000:]
     assert "finished: 4  running: 0  queued: 0  failed: 0  new: 0" in status.stdout
+
+
+@pytest.mark.timeout(600)
+def test_a_packed_grid_is_one_array_task_per_pack(tmp_path, data_root):
+    grid = (*GRID, "trainer=packed", "tokens=100K")
+    submit = train(tmp_path, data_root, *grid, timeout=300)
+    assert submit.returncode == 0, submit.stderr[-4000:]
+    assert "submitted 4 cell(s) in 1 pack(s) as job array" in submit.stdout
+
+    def queue_empty():
+        out = subprocess.run(["squeue", "-h"], capture_output=True, text=True, timeout=60)
+        return out.returncode == 0 and not out.stdout.strip()
+
+    wait_until(queue_empty, 500, "the pack's job to leave the queue", poll=3)
+    done = [r for r in runs(tmp_path) if r.info.status == "FINISHED"]
+    assert len(done) == 4, [r.info.status for r in runs(tmp_path)]
+    assert len({r.data.tags["pack_key"] for r in done}) == 1
+    again = train(tmp_path, data_root, *grid, timeout=300)
+    assert "nothing to submit" in again.stdout

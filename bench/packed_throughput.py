@@ -1,0 +1,213 @@
+"""Packed cells against today's node_grid, on one GPU: cell-tokens/s, peak memory, profile.
+
+``step``: the packed training step alone for K members of one shape (all in QAT, formats
+mixed, as mid-grid), at each K: cell-tokens/s (K × tokens per step / step time, the median of
+windows of back-to-back steps), peak GPU memory, and the top CUDA kernels of one profiled step
+at the largest K.
+
+``grid``: one set of cells (mini-s and mini-l shapes, a few budgets and bit widths) trained
+(a) by ``python -m qat.node_grid`` as today (trainer=torch, 8 workers) and (b) packed
+(trainer=packed, one worker), each into its own MLflow store: cell-tokens/s = the tokens of
+the cells FINISHED / wall time of the command.
+
+    python bench/packed_throughput.py step --out bench/results/packed_step.json
+    python bench/packed_throughput.py grid --out bench/results/packed_grid.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from record import write_record
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHAPE_OVERRIDES = ["data=bundled-large", "data.seq_len=256", "data.batch_size=64"]
+GRID_CELLS = {
+    "model": "mini-s,mini-l",
+    "tokens": "5M,16M",
+    "bits": "16,2,4",
+    "qat_frac": "0.2,0.5",
+    "fusion": "false",
+}
+
+
+def _member_configs(model: str, members: int, extra: list[str]) -> list:
+    """``members`` cells of one shape: QAT fractions spread over (0, 1), bits 2 and 4."""
+    from qat.orchestration.grid import expand_grid
+
+    fracs = ",".join(f"{0.05 + 0.9 * i / members:.4f}" for i in range(members))
+    overrides = [f"model={model}", *SHAPE_OVERRIDES, "trainer=packed", "tokens=200M", *extra]
+    cells = expand_grid(overrides, sweeper_params={"qat_frac": fracs, "bits": "2,4"})
+    return list({c.run_key: c for c in cells}.values())[:members]
+
+
+class _Silent:
+    def forked(self, *args: object) -> None: ...
+    def log(self, *args: object) -> None: ...
+    def finished(self, *args: object) -> None: ...
+    def failed(self, key: str, error: Exception) -> None:
+        raise error
+
+
+def step_throughput(model: str, members: int, steps: int, extra: list[str]) -> dict:
+    from qat.cell import load_data
+    from qat.engine.packed import PackedTrainer, plan_members
+    from qat.engine.packed.trainer import CELL, Row
+
+    configs = _member_configs(model, members, extra)
+    data = load_data(configs[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = PackedTrainer(
+            plan_members(configs), data, Path(tmp), torch.device("cuda"), _Silent(), resume=False
+        )
+    # Every member forked from its trunk and switched to QAT: the mid-grid steady state.
+    trainer._select([(0, Row(CELL, 0, c.run_key)) for c in configs])
+    for index in range(len(trainer.rows)):
+        trainer._start_qat(index)
+    trainer._keep(list(range(len(trainer.rows))))
+    trainer.step = 1
+    tokens = trainer.tokens_per_step * len(trainer.rows)
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(5):  # warm-up (and compile)
+        trainer._train_step()
+    torch.cuda.synchronize()
+    windows = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer._train_step()
+        torch.cuda.synchronize()
+        windows.append((time.perf_counter() - start) / steps)
+    step_s = statistics.median(windows)
+    return {
+        "model": model,
+        "members": len(trainer.rows),
+        "step_ms": round(1000 * step_s, 2),
+        "cell_tokens_per_s": round(tokens / step_s),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "trainer": trainer,
+    }
+
+
+def top_kernels(trainer, count: int = 12) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        trainer._train_step()
+        torch.cuda.synchronize()
+    total = sum(e.device_time_total for e in prof.key_averages())
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:count]
+    return [
+        {
+            "kernel": e.key[:90],
+            "ms": round(e.device_time_total / 1000, 3),
+            "share": round(e.device_time_total / total, 3),
+        }
+        for e in rows
+    ]
+
+
+def run_step(args: argparse.Namespace) -> dict:
+    results = []
+    last = None
+    for model in args.models:
+        for members in args.members:
+            torch.cuda.empty_cache()
+            try:
+                result = step_throughput(model, members, args.steps, args.extra)
+            except torch.OutOfMemoryError:
+                print(f"{model} K={members}: out of memory", flush=True)
+                break
+            last = result.pop("trainer")
+            print(result, flush=True)
+            results.append(result)
+    profile = top_kernels(last) if last is not None else []
+    for row in profile:
+        print(row)
+    return {"step": results, "profile": profile}
+
+
+def _node_grid(workdir: Path, extra: list[str], deadline: float) -> dict:
+    env = dict(
+        os.environ,
+        QAT_RUN_DIR=str(workdir / "runs"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{workdir}/mlflow.db",
+    )
+    sweep = [f"{key}={value}" for key, value in GRID_CELLS.items()]
+    command = [
+        sys.executable,
+        "-m",
+        "qat.node_grid",
+        *SHAPE_OVERRIDES,
+        *sweep,
+        *extra,
+        "--gpus",
+        "1",
+        "--deadline",
+        str(deadline),
+        "--log-dir",
+        str(workdir / "logs"),
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("qat")
+    finished = [
+        r
+        for r in (client.search_runs([experiment.experiment_id]) if experiment else [])
+        if r.info.status == "FINISHED"
+    ]
+    tokens = sum(int(r.data.params["tokens_total"]) for r in finished)
+    print(proc.stdout[-1500:], proc.stderr[-1500:], flush=True)
+    return {
+        "command": " ".join(command[1:]),
+        "returncode": proc.returncode,
+        "wall_s": round(wall, 1),
+        "cells_finished": len(finished),
+        "cell_tokens": tokens,
+        "cell_tokens_per_s": round(tokens / wall),
+    }
+
+
+def run_grid(args: argparse.Namespace) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="packed-bench-"))
+    packed = _node_grid(root / "packed", ["trainer=packed", *args.extra], args.deadline)
+    print("packed", packed, flush=True)
+    today = _node_grid(root / "torch", ["--workers-per-gpu", "8", *args.extra], args.deadline)
+    print("node_grid", today, flush=True)
+    return {
+        "packed": packed,
+        "node_grid": today,
+        "speedup": round(packed["cell_tokens_per_s"] / max(today["cell_tokens_per_s"], 1), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("step", "grid"))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--models", nargs="+", default=["mini-s", "mini-l"])
+    parser.add_argument("--members", nargs="+", type=int, default=[1, 4, 16, 32, 64])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--deadline", type=float, default=280.0, help="seconds per side")
+    parser.add_argument("extra", nargs="*", help="Hydra overrides for every cell")
+    args = parser.parse_args()
+    results = run_step(args) if args.mode == "step" else run_grid(args)
+    write_record(args.out, mode=args.mode, **results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The batched forward of a pack: qat.model.Transformer's maths with a leading member dimension.
+
+Activations are [members, tokens, features]; every Linear is one batched matmul over members;
+attention is one call over members × batch. Members in QAT see their quantized Linear weights
+fake-quantized, grouped by format (one fake-quant call per format, on the rows of its members),
+through the same fake_quant backends as the single-cell model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qat.config import ModelConfig
+from qat.model import apply_rotary
+from qat.quant import FakeQuantFunction, QuantFormat, fake_quant
+from qat.quant.ops import REFERENCE
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive members (rows ``start:end``) in one form: FP (``fmt`` None) or one format.
+
+    The trainer keeps its rows sorted by form, so a Linear's effective weight is one
+    concatenation of slices, not a scatter."""
+
+    fmt: QuantFormat | None
+    start: int
+    end: int
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient times ``factor`` backward.
+
+    Fake quantization scales α's gradient by 1/sqrt(numel·Qp) of the weight it sees. A format
+    group stacks k members' rows into one weight of k times the numel, so a kernel that cannot
+    be told the member's size gives its scales sqrt(k) back: each member's scale then gets the
+    gradient it gets alone, up to one rounding.
+    """
+
+    @staticmethod
+    def forward(ctx: object, value: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor  # type: ignore[attr-defined]
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None  # type: ignore[attr-defined]
+
+
+def effective_weight(
+    weight: torch.Tensor, scale: torch.Tensor, segments: list[Segment], kernel: str
+) -> torch.Tensor:
+    """``weight`` [members, out, in] with the rows of QAT members fake-quantized; ``kernel``
+    is a resolved backend name (qat.quant.resolve_kernel)."""
+    if all(segment.fmt is None for segment in segments):
+        return weight
+    out_features, in_features = weight.shape[1:]
+    pieces = []
+    for segment in segments:
+        rows = weight[segment.start : segment.end]
+        if segment.fmt is None:
+            pieces.append(rows)
+            continue
+        count = segment.end - segment.start
+        stacked = rows.reshape(count * out_features, in_features)
+        alpha = scale[segment.start : segment.end].reshape(count * out_features, 1)
+        if kernel == REFERENCE:
+            # Told each member's weight size, the reference is each member's maths exactly.
+            numel = out_features * in_features
+            quantized = FakeQuantFunction.apply(stacked, alpha, segment.fmt, numel)
+        else:
+            if count > 1:
+                alpha = _ScaleGradient.apply(alpha, math.sqrt(count))
+            quantized = fake_quant(stacked, alpha, segment.fmt, kernel)
+        pieces.append(quantized.view(count, out_features, in_features))
+    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # As qat.model.RMSNorm: normalised in fp32.
+    normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return normed.type_as(x) * weight.unsqueeze(1)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [members, tokens, in] · weightᵀ [members, in, out]."""
+    return torch.bmm(x, weight.transpose(1, 2))
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy in fp32 of logits [members, tokens, vocab]."""
+    members, count, vocab = logits.shape
+    losses = F.cross_entropy(
+        logits.reshape(members * count, vocab).float(), targets.reshape(-1), reduction="none"
+    )
+    return losses.view(members, count)
+
+
+class PackedForward:
+    """Logits and losses of all members for their token batches [members, batch, seq].
+
+    ``compile``: the element-wise parts (norms, rotary embeddings, SwiGLU, the loss) go through
+    torch.compile, one small graph each with the member count dynamic, so a fork or a departure
+    does not recompile; the matmuls and the fake quantization (whose format slices change as
+    members switch) stay eager.
+    """
+
+    def __init__(
+        self, config: ModelConfig, quantized: tuple[str, ...], kernel: str, compile: bool = False
+    ) -> None:
+        self.config = config
+        self.quantized = set(quantized)
+        self.kernel = kernel
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads or config.n_heads
+        self.head_dim = config.dim // config.n_heads
+        wrap = (lambda fn: torch.compile(fn, dynamic=True)) if compile else (lambda fn: fn)
+        self.rms_norm = wrap(rms_norm)
+        self.rotary = wrap(apply_rotary)
+        self.swiglu = wrap(swiglu)
+        self.cross_entropy = wrap(cross_entropy)
+
+    def _weight(
+        self, params: dict[str, torch.Tensor], name: str, segments: list[Segment]
+    ) -> torch.Tensor:
+        weight = params[f"{name}.weight"]
+        if name in self.quantized:
+            return effective_weight(weight, params[f"{name}.scale"], segments, self.kernel)
+        return weight
+
+    def hidden(
+        self,
+        params: dict[str, torch.Tensor],
+        tokens: torch.Tensor,
+        rope: torch.Tensor,
+        segments: list[Segment],
+    ) -> torch.Tensor:
+        """The final normalised hidden states [members, batch·seq, dim]."""
+        config = self.config
+        members, batch, seq = tokens.shape
+        embedding = params["tok_embeddings.weight"]
+        vocab = embedding.shape[1]
+        # One lookup in the members' tables laid end to end.
+        offsets = torch.arange(members, device=tokens.device).view(-1, 1, 1) * vocab
+        x = F.embedding(tokens + offsets, embedding.reshape(members * vocab, -1))
+        x = x.view(members, batch * seq, -1)
+        for index in range(config.n_layers):
+            prefix = f"layers.{index}"
+            h = self.rms_norm(x, params[f"{prefix}.attention_norm.weight"], config.norm_eps)
+            x = x + self._attention(params, f"{prefix}.attention", h, batch, seq, rope, segments)
+            h = self.rms_norm(x, params[f"{prefix}.ffn_norm.weight"], config.norm_eps)
+            x = x + self._feed_forward(params, f"{prefix}.feed_forward", h, segments)
+        return self.rms_norm(x, params["norm.weight"], config.norm_eps)
+
+    def _attention(
+        self,
+        params: dict[str, torch.Tensor],
+        prefix: str,
+        h: torch.Tensor,
+        batch: int,
+        seq: int,
+        rope: torch.Tensor,
+        segments: list[Segment],
+    ) -> torch.Tensor:
+        members = h.shape[0]
+
+        def heads(name: str, count: int) -> torch.Tensor:
+            projected = linear(h, self._weight(params, f"{prefix}.{name}", segments))
+            return projected.view(members * batch, seq, count, self.head_dim).transpose(1, 2)
+
+        q = self.rotary(heads("wq", self.n_heads), rope)
+        k = self.rotary(heads("wk", self.n_kv_heads), rope)
+        v = heads("wv", self.n_kv_heads)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+        out = out.transpose(1, 2).reshape(members, batch * seq, -1)
+        return linear(out, self._weight(params, f"{prefix}.wo", segments))
+
+    def _feed_forward(
+        self,
+        params: dict[str, torch.Tensor],
+        prefix: str,
+        h: torch.Tensor,
+        segments: list[Segment],
+    ) -> torch.Tensor:
+        gate = linear(h, self._weight(params, f"{prefix}.w1", segments))
+        up = linear(h, self._weight(params, f"{prefix}.w3", segments))
+        return linear(self.swiglu(gate, up), self._weight(params, f"{prefix}.w2", segments))
+
+    def logits(
+        self,
+        params: dict[str, torch.Tensor],
+        tokens: torch.Tensor,
+        rope: torch.Tensor,
+        segments: list[Segment],
+    ) -> torch.Tensor:
+        """[members, batch·seq, vocab]."""
+        hidden = self.hidden(params, tokens, rope, segments)
+        if "output" in self.quantized:  # an untied head that quant.exclude leaves quantized
+            head = self._weight(params, "output", segments)
+        else:  # tied: the embedding table is the head
+            head = params.get("output.weight", params["tok_embeddings.weight"])
+        return linear(hidden, head)
+
+    def token_losses(
+        self,
+        params: dict[str, torch.Tensor],
+        tokens: torch.Tensor,
+        targets: torch.Tensor,
+        rope: torch.Tensor,
+        segments: list[Segment],
+    ) -> torch.Tensor:
+        """Cross-entropy of every target token, [members, batch·seq], in fp32."""
+        return self.cross_entropy(self.logits(params, tokens, rope, segments), targets)
