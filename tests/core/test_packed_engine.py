@@ -1,0 +1,128 @@
+"""The packed engine's parts against their single-cell counterparts (CPU, fp32, one thread):
+the weight layout, the fake-quant of a format slice, and the optimizer with its clip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qat.config import ModelConfig, OptimConfig
+from qat.engine.packed.forward import Segment, effective_weight
+from qat.engine.packed.optimizer import PackedAdamW
+from qat.engine.packed.weights import SCALES, ParameterLayout
+from qat.model import Transformer
+from qat.quant import FakeQuantFunction, format_for_bits, init_scale, quantize_model
+
+CONFIG = ModelConfig(name="t", dim=32, n_layers=2, n_heads=4, ffn_dim=64)
+VOCAB = 97
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def models(count: int) -> list[Transformer]:
+    made = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        made.append(Transformer(CONFIG, VOCAB))
+    return made
+
+
+def quantized_names() -> list[str]:
+    return quantize_model(Transformer(CONFIG, VOCAB), 4, "reference", ("tok_embeddings", "output"))
+
+
+def test_a_stacked_member_is_its_model():
+    members = models(3)
+    layout = ParameterLayout(members[0], quantized_names())
+    flats = layout.stack(members, torch.device("cpu"))
+    for row, model in enumerate(members):
+        state = layout.member_state(flats, row)
+        expected = model.state_dict()
+        assert state.keys() == expected.keys()
+        for name, value in expected.items():
+            assert torch.equal(state[name], value), name
+    views = layout.views(flats)
+    assert views["layers.1.feed_forward.w2.weight"].shape == (3, 32, 64)
+    assert views["layers.0.attention.wq.scale"].shape == (3, 32, 1)
+
+
+@pytest.mark.parametrize("bits", [1.0, 1.58, 2.0, 4.0])
+def test_a_format_slice_is_each_members_own_fake_quant(bits):
+    fmt = format_for_bits(bits)
+    generator = torch.Generator().manual_seed(int(bits * 100))
+    weight = torch.randn(4, 24, 16, generator=generator) * 0.05
+    scale = torch.stack([init_scale(w, fmt) for w in weight])
+    weight.requires_grad_()
+    scale.requires_grad_()
+    upstream = torch.randn(4, 24, 16, generator=generator)
+    # rows 0-1 FP, rows 1..3 in the format
+    out = effective_weight(weight, scale, [Segment(None, 0, 1), Segment(fmt, 1, 4)], "reference")
+    out.backward(upstream)
+    assert torch.equal(out[0], weight[0]) and torch.equal(weight.grad[0], upstream[0])
+    assert torch.count_nonzero(scale.grad[0]) == 0
+    for row in range(1, 4):
+        w = weight[row].detach().clone().requires_grad_()
+        s = scale[row].detach().clone().requires_grad_()
+        alone = FakeQuantFunction.apply(w, s, fmt)
+        alone.backward(upstream[row])
+        assert torch.equal(out[row], alone)
+        assert torch.equal(weight.grad[row], w.grad)
+        assert torch.equal(scale.grad[row], s.grad)
+
+
+def test_the_optimizer_steps_each_member_as_adamw_with_clipping_steps_it_alone():
+    """Per-member learning rates, a clip that binds for some members, QAT for one of them."""
+    config = OptimConfig(lr=1e-2, weight_decay=0.1, grad_clip=0.5)
+    members = models(3)
+    names = quantized_names()
+    layout = ParameterLayout(members[0], names)
+    flats = {g: f.requires_grad_() for g, f in layout.stack(members, torch.device("cpu")).items()}
+    fmt = format_for_bits(2)
+    singles = models(3)
+    quantize_model(singles[2], fmt, "reference", ("tok_embeddings", "output"))
+    with torch.no_grad():  # member 2 in QAT: its scales as the single model's
+        for name in names:
+            layout.views(flats)[f"{name}.scale"][2].copy_(singles[2].get_submodule(name).scale)
+    optimizer = PackedAdamW(flats, layout, config, scale_lr_mult=1.0)
+    torch_optimizers = []
+    for model in singles:
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.endswith("scale")]
+        rest = [p for n, p in model.named_parameters() if p.ndim < 2 and not n.endswith("scale")]
+        scales = [p for n, p in model.named_parameters() if n.endswith("scale")]
+        groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
+        if scales:
+            groups.append({"params": scales, "weight_decay": 0.0})
+        torch_optimizers.append(torch.optim.AdamW(groups, lr=1e-2, betas=config.betas))
+    lrs = [1e-2, 3e-3, 1e-2]
+    in_qat = torch.tensor([False, False, True])
+    generator = torch.Generator().manual_seed(1)
+    for step in range(4):
+        grads = {
+            g: torch.randn(f.shape, generator=generator) * (step + 1) for g, f in flats.items()
+        }
+        grads[SCALES][:2] = 0  # FP members' scales get no gradient
+        for group, flat in flats.items():
+            flat.grad = grads[group].clone()
+        optimizer.clip(flats, in_qat)
+        optimizer.step(flats, torch.tensor(lrs, dtype=torch.float64), in_qat)
+        for row, (model, torch_optimizer) in enumerate(zip(singles, torch_optimizers, strict=True)):
+            params = dict(model.named_parameters())
+            for name, slot in layout.slots.items():
+                if name in params:
+                    params[name].grad = (
+                        grads[slot.group][row, slot.offset : slot.end].view(slot.shape).clone()
+                    )
+            for group in torch_optimizer.param_groups:
+                group["lr"] = lrs[row]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch_optimizer.step()
+    for row, model in enumerate(singles):
+        packed = layout.member_state(flats, row, quantized=row == 2)
+        for name, value in model.state_dict().items():
+            assert torch.equal(packed[name], value), (row, name)
