@@ -118,6 +118,7 @@ class Trainer:
             self._switch_to_qat(log)
         self.advance(plan.total_steps, self.schedule, log)
         final = self.evaluate()
+        self.save()  # the final model, before the run is FINISHED: what qat.export reads
         if not plan.quantized:
             state.fp_val_loss = final
             log({FP_METRIC: final}, self.tokens_seen)
