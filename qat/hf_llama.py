@@ -72,6 +72,8 @@ def from_hf_state(state: dict[str, torch.Tensor], model: ModelConfig) -> dict[st
         if projection in heads:
             tensor = _halves_to_interleaved(tensor, heads[projection])
         out[name] = tensor
+    if model.tie_embeddings:  # our Transformer's state_dict names the shared table twice
+        out["output.weight"] = out["tok_embeddings.weight"]
     return out
 
 

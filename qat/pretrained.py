@@ -1,0 +1,94 @@
+"""A pretrained Llama-architecture Hugging Face model (a local folder, or a hub name already in
+the local cache) as our Transformer, with its own tokenizer.
+
+Everything is read offline; a model our Transformer does not compute the same way (another
+architecture, biases, scaled RoPE), or one without a tokenizer, is refused with one line. The
+mapping is qat.hf_llama's; after import the logits equal the transformers model's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qat.config import ModelConfig
+from qat.errors import ConfigError
+from qat.hf_llama import from_hf_state, model_config
+from qat.model import Transformer
+
+HF_PREFIX = "hf:"
+
+
+@dataclass
+class Pretrained:
+    source: str
+    shape: ModelConfig
+    vocab_size: int
+    tokenizer: Any  # a transformers PreTrainedTokenizer
+    weights: dict[str, torch.Tensor]  # our names and layout
+    context: int  # max_position_embeddings
+
+    @property
+    def eos_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ConfigError(f"{self.source}'s tokenizer has no end-of-sequence token")
+        return int(eos)
+
+    def model(self) -> Transformer:
+        """A fresh Transformer holding the pretrained weights, in eval mode, on the CPU."""
+        model = Transformer(self.shape, self.vocab_size)
+        model.load_state_dict(self.weights)
+        return model.eval()
+
+
+def strip_prefix(init: str) -> str:
+    """``hf:<name or folder>`` → the name or folder; ConfigError for anything else."""
+    if not init.startswith(HF_PREFIX) or not init[len(HF_PREFIX) :]:
+        raise ConfigError(f"init={init!r}: expected hf:<model name or local folder>")
+    return init[len(HF_PREFIX) :]
+
+
+def read_config(source: str) -> tuple[ModelConfig, int, int]:
+    """The model shape, vocabulary and context length of ``source``, checked (its weights are
+    not read)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"cannot read the Hugging Face model {source}: {_first_line(error)}") from None
+    shape, vocab_size = model_config(config, source)
+    return shape, vocab_size, int(getattr(config, "max_position_embeddings", 0) or 2048)
+
+
+def load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{source} has no usable tokenizer: {_first_line(error)}") from None
+
+
+def load_pretrained(source: str) -> Pretrained:
+    """Read ``source``'s config, tokenizer and weights (float32)."""
+    from transformers import AutoModelForCausalLM
+
+    shape, vocab_size, context = read_config(source)
+    tokenizer = load_tokenizer(source)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read {source}'s weights: {_first_line(error)}") from None
+    # float32 whatever the stored dtype: QAT keeps float32 master weights.
+    state = {name: tensor.float() for name, tensor in hf.state_dict().items()}
+    weights = from_hf_state(state, shape)
+    return Pretrained(source, shape, vocab_size, tokenizer, weights, context)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
