@@ -20,7 +20,14 @@ LAYERS = (
     "orchestration",  # qat.orchestration
     "command",  # the CLIs at qat/ top level
 )
-COMMANDS = {"qat.plan", "qat.status", "qat.node_grid", "qat.report"}
+COMMANDS = {
+    "qat.plan",
+    "qat.status",
+    "qat.node_grid",
+    "qat.report",
+    "qat.generate",
+    "qat.export.__main__",
+}
 
 
 def module_name(path: Path) -> str:
