@@ -102,48 +102,6 @@ def llama_config(model: ModelConfig, vocab_size: int, seq_len: int, eos_id: int)
     )
 
 
-def model_config(config: Any, name: str) -> tuple[ModelConfig, int]:
-    """(our ModelConfig, vocab size) of a transformers config; ConfigError for anything our
-    Transformer does not compute the same way."""
-    kind = getattr(config, "model_type", None)
-    if kind != "llama":
-        raise ConfigError(
-            f"{name} is a {kind!r} model; only the Llama architecture (model_type 'llama') "
-            "can be imported"
-        )
-    # transformers ≥ 5 keeps RoPE settings in rope_parameters, 4.x in rope_theta/rope_scaling.
-    rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    theta = rope.get("rope_theta", getattr(config, "rope_theta", None))
-    checks = {
-        "hidden_act": (config.hidden_act, "silu"),
-        "attention_bias": (bool(config.attention_bias), False),
-        "mlp_bias": (bool(getattr(config, "mlp_bias", False)), False),
-        "rope type": (rope.get("rope_type", rope.get("type", "default")), "default"),
-        "head_dim": (
-            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-            config.hidden_size // config.num_attention_heads,
-        ),
-    }
-    for what, (found, wanted) in checks.items():
-        if found != wanted:
-            raise ConfigError(f"{name}: {what}={found!r} is not supported (only {wanted!r})")
-    if theta is None:
-        raise ConfigError(f"{name}: the config states no rope_theta")
-    shape = ModelConfig(
-        name=f"hf-{name.rstrip('/').rsplit('/', 1)[-1]}",
-        dim=int(config.hidden_size),
-        n_layers=int(config.num_hidden_layers),
-        n_heads=int(config.num_attention_heads),
-        ffn_dim=int(config.intermediate_size),
-        n_kv_heads=int(config.num_key_value_heads or config.num_attention_heads),
-        norm_eps=float(config.rms_norm_eps),
-        rope_theta=float(theta),
-        init_std=float(getattr(config, "initializer_range", 0.02)),
-        tie_embeddings=bool(config.tie_word_embeddings),
-    )
-    return shape, int(config.vocab_size)
-
-
 def _our_names(model: ModelConfig) -> list[str]:
     names = ["tok_embeddings.weight", "norm.weight"]
     if not model.tie_embeddings:

@@ -15,7 +15,8 @@ import torch
 
 from qat.config import ModelConfig
 from qat.errors import ConfigError
-from qat.hf_llama import from_hf_state, model_config
+from qat.hf_config import first_line, read_shape
+from qat.hf_llama import from_hf_state
 from qat.model import Transformer
 
 HF_PREFIX = "hf:"
@@ -54,14 +55,8 @@ def strip_prefix(init: str) -> str:
 def read_config(source: str) -> tuple[ModelConfig, int, int]:
     """The model shape, vocabulary and context length of ``source``, checked (its weights are
     not read)."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise ConfigError(f"cannot read the Hugging Face model {source}: {_first_line(error)}") from None
-    shape, vocab_size = model_config(config, source)
-    return shape, vocab_size, int(getattr(config, "max_position_embeddings", 0) or 2048)
+    fields, vocab_size, context = read_shape(source)
+    return ModelConfig(**fields), vocab_size, context
 
 
 def load_tokenizer(source: str) -> Any:
@@ -70,7 +65,7 @@ def load_tokenizer(source: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{source} has no usable tokenizer: {_first_line(error)}") from None
+        raise ConfigError(f"{source} has no usable tokenizer: {first_line(error)}") from None
 
 
 def load_pretrained(source: str) -> Pretrained:
@@ -82,13 +77,8 @@ def load_pretrained(source: str) -> Pretrained:
     try:
         hf = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read {source}'s weights: {_first_line(error)}") from None
+        raise ConfigError(f"cannot read {source}'s weights: {first_line(error)}") from None
     # float32 whatever the stored dtype: QAT keeps float32 master weights.
     state = {name: tensor.float() for name, tensor in hf.state_dict().items()}
     weights = from_hf_state(state, shape)
     return Pretrained(source, shape, vocab_size, tokenizer, weights, context)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
