@@ -16,7 +16,8 @@ from qat.config import RunConfig, flatten
 from qat.data import DatasetInfo, default_data_dir, prepare
 from qat.engine import Trainer, effective_precision, make_backend
 from qat.errors import ConfigError
-from qat.schedule import plan_phases, warmup_multiplier, warmup_steps
+from qat.pretrained import given_tokenizer, load_pretrained, strip_prefix
+from qat.schedule import law_tokens, warmup_multiplier, warmup_steps
 from qat.store.claim import CellBusy, Claim
 from qat.store.provenance import check_all, mismatches
 from qat.store.trunk_store import TrunkStore
@@ -49,13 +50,15 @@ class RunResult:
 
 def load_data(config: RunConfig) -> DatasetInfo:
     """The cell's prepared dataset (prepared now if this machine has not yet)."""
-    data = config.data
+    data, init = config.data, config.init.source
     out_dir = Path(data.cache_dir) if data.cache_dir else None
     return prepare(
         data.source,
-        out_dir or default_data_dir(data.source, data.vocab_size),
+        out_dir or default_data_dir(data.source, data.vocab_size, tokenizer=init),
         vocab_size=data.vocab_size,
         val_fraction=data.val_fraction,
+        # A pretrained start reads the data with its own tokenizer.
+        tokenizer=given_tokenizer(init) if init is not None else None,
     )
 
 
@@ -96,7 +99,12 @@ def run_cell(config: RunConfig) -> RunResult:
         backend.finish()
         return verdict
     try:
-        trainer = Trainer(config, data, run_dir / "checkpoints", backend)
+        initial = (
+            load_pretrained(strip_prefix(config.init.source)).weights
+            if config.init.source is not None
+            else None
+        )
+        trainer = Trainer(config, data, run_dir / "checkpoints", backend, initial_weights=initial)
         if tracker is not None:
             result = _train_and_track(trainer, tracker, run_dir, provenance)
         else:  # a rank > 0 of a multi-process cell: trains, tracks nothing
@@ -246,16 +254,16 @@ def log_setup(
     """A cell's params (the flattened config, the law's counts, provenance) and config.yaml."""
     import yaml
 
-    plan = plan_phases(config)
+    tokens_fp, tokens_qat, tokens_total = law_tokens(config)
     params: dict[str, Any] = flatten(config.to_dict())
     params.update(
         {
             "run_key": config.run_key,
             N_PARAMS: counts[0],
             N_PARAMS_TOTAL: counts[1],
-            TOKENS_FP: plan.tokens_fp,
-            TOKENS_QAT: plan.tokens_qat,
-            TOKENS_TOTAL: plan.tokens_total,
+            TOKENS_FP: tokens_fp,
+            TOKENS_QAT: tokens_qat,
+            TOKENS_TOTAL: tokens_total,
             WORLD_SIZE: world_size,
             **provenance,
         }

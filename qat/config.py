@@ -91,6 +91,18 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class InitConfig:
+    """Start the cell at the QAT switch from a pretrained model instead of training FP."""
+
+    source: str | None = None  # hf:<model name or local folder>, a Llama-architecture model
+    tokens: int = 0  # the tokens it was pretrained on: the law's D_fp
+
+    @property
+    def pretrained(self) -> bool:
+        return self.source is not None
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "qat"
@@ -110,6 +122,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     run_dir: str = "runs"
     trunk: str = "share"  # share: branch from a shared FP trunk checkpoint; off: train it all
     # (the YAML default "auto" resolves to share for trainer=torch and off for deepspeed)
@@ -130,6 +143,7 @@ class RunConfig:
             "optim": OptimConfig,
             "trainer": TrainerConfig,
             "tracking": TrackingConfig,
+            "init": InitConfig,
         }
         kwargs: dict[str, Any] = {}
         for key, section_cls in sections.items():
@@ -138,17 +152,26 @@ class RunConfig:
                     raise ConfigError(f"config has no '{key}' group; pick one, e.g. {key}=nano")
                 continue
             kwargs[key] = _build_section(section_cls, key, tree.pop(key))
+        if "init" in kwargs and kwargs["init"].pretrained:
+            kwargs.update(_pretrained_shape(kwargs["init"], kwargs["data"]))
         for key in ("bits", "qat_frac", "tokens", "fusion", "seed"):
             if key not in tree:
                 raise ConfigError(f"config is missing the top-level key '{key}'")
+        qat_frac = _parse_fraction(tree.pop("qat_frac"))
+        tokens = parse_count(tree.pop("tokens"), "tokens")
+        if "init" in kwargs and kwargs["init"].pretrained:
+            # Pretrained: `tokens` are all QAT (D_qat), after init.tokens of FP (D_fp).
+            qat_frac = tokens / (max(kwargs["init"].tokens, 0) + tokens)
         config = cls(
             bits=_parse_bits(tree.pop("bits")),
-            qat_frac=_parse_fraction(tree.pop("qat_frac")),
-            tokens=parse_count(tree.pop("tokens"), "tokens"),
+            qat_frac=qat_frac,
+            tokens=tokens,
             fusion=_parse_bool(tree.pop("fusion"), "fusion"),
             seed=_parse_int(tree.pop("seed"), "seed"),
             run_dir=str(tree.pop("run_dir", "runs")),
-            trunk=_resolve_trunk(tree.pop("trunk", "auto"), kwargs.get("trainer")),
+            trunk=_resolve_trunk(
+                tree.pop("trunk", "auto"), kwargs.get("trainer"), kwargs.get("init")
+            ),
             **kwargs,
         )
         tree.pop("grid", None)  # grids only shape the sweep
@@ -217,6 +240,11 @@ class RunConfig:
             self.quant.kernel in ("auto", "cuda", "reference"),
             f"quant.kernel={self.quant.kernel!r} is one of: auto, cuda, reference",
         )
+        if self.init.pretrained:
+            _require(not self.is_fp_only, "a QAT bit width (not 16) with init.source")
+            _require(self.init.tokens > 0, "init.tokens > 0: the tokens it was pretrained on")
+            _require(self.trunk == "off", "trunk=off (or auto) with init.source")
+            _require(t.backend != "packed", "trainer=torch or deepspeed with init.source")
 
     def science(self) -> dict[str, Any]:
         """Everything that changes the result, and nothing else (the run key's input)."""
@@ -238,6 +266,8 @@ class RunConfig:
             # fp32 and bf16 train different numbers; "auto" resolves per device, and a cell
             # refuses to mix with weights trained in the other (qat.store.provenance).
             "precision": self.trainer.precision,
+            # Only when set, so that the keys of cells trained from scratch stay as they were.
+            **({"init": dataclasses.asdict(self.init)} if self.init.pretrained else {}),
         }
 
     @property
@@ -300,11 +330,27 @@ def _build_section(section_cls: type, key: str, values: Any) -> Any:
         raise ConfigError(f"config group '{key}': {error}") from None
 
 
-def _resolve_trunk(value: Any, trainer: TrainerConfig | None) -> str:
+def _resolve_trunk(value: Any, trainer: TrainerConfig | None, init: InitConfig | None) -> str:
     if str(value) != "auto":
         return str(value)
     backend = trainer.backend if trainer is not None else "torch"
-    return "off" if backend == "deepspeed" else "share"
+    pretrained = init is not None and init.pretrained
+    return "off" if backend == "deepspeed" or pretrained else "share"
+
+
+def _pretrained_shape(init: InitConfig, data: DataConfig) -> dict[str, Any]:
+    """The model group and vocabulary of a pretrained start: the model's own, whatever the
+    model group said (its tokenizer re-tokenizes the data)."""
+    from qat.hf_config import read_shape
+
+    source = init.source or ""
+    if not source.startswith("hf:") or len(source) == 3:
+        raise ConfigError(f"init.source={source!r}: expected hf:<model name or local folder>")
+    fields, vocab_size, _ = read_shape(source[3:])
+    return {
+        "model": ModelConfig(**fields),
+        "data": dataclasses.replace(data, vocab_size=vocab_size),
+    }
 
 
 def _parse_bits(value: Any) -> float:

@@ -31,7 +31,6 @@ class TextModel:
 
 def open_folder(folder: Path) -> TextModel:
     """A packed export folder, or a Llama folder transformers can read."""
-    from qat.data.tokenizer import eot_id
     from qat.export.packed import FORMAT, load, read_info
     from qat.pretrained import load_pretrained
 
@@ -42,7 +41,7 @@ def open_folder(folder: Path) -> TextModel:
             exported.model,
             lambda text: tok.encode(text, add_special_tokens=False).ids,
             tok.decode,
-            eot_id(tok),
+            exported.end_id,
             exported.seq_len,
         )
     pretrained = load_pretrained(str(folder))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from qat.config import ModelConfig
+from qat.data.tokenizer import GivenTokenizer
 from qat.errors import ConfigError
 from qat.hf_config import first_line, read_shape
 from qat.hf_llama import from_hf_state
@@ -66,6 +67,19 @@ def load_tokenizer(source: str) -> Any:
         return AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(f"{source} has no usable tokenizer: {first_line(error)}") from None
+
+
+def given_tokenizer(init_source: str) -> GivenTokenizer:
+    """The tokenizer of ``hf:<source>`` for the data pipeline: its fast (tokenizers) core,
+    documents ended by its end-of-sequence token."""
+    source = strip_prefix(init_source)
+    tokenizer = load_tokenizer(source)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError(f"{source}'s tokenizer has no fast (tokenizers) version to encode with")
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"{source}'s tokenizer has no end-of-sequence token to end documents")
+    return GivenTokenizer(init_source, backend, str(tokenizer.eos_token))
 
 
 def load_pretrained(source: str) -> Pretrained:

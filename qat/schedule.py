@@ -44,7 +44,12 @@ class PhasePlan:
 def plan_phases(config: RunConfig) -> PhasePlan:
     tokens_per_step = config.data.batch_size * config.data.seq_len
     total_steps = max(1, round(config.tokens / tokens_per_step))
-    fp_steps = total_steps if config.is_fp_only else round((1.0 - config.qat_frac) * total_steps)
+    if config.init.pretrained:  # the FP phase happened elsewhere: every step is QAT
+        fp_steps = 0
+    elif config.is_fp_only:
+        fp_steps = total_steps
+    else:
+        fp_steps = round((1.0 - config.qat_frac) * total_steps)
     return PhasePlan(
         tokens_per_step=tokens_per_step,
         total_steps=total_steps,
@@ -52,6 +57,14 @@ def plan_phases(config: RunConfig) -> PhasePlan:
         fusion=config.fusion and not config.is_fp_only,
         quantized=not config.is_fp_only,
     )
+
+
+def law_tokens(config: RunConfig) -> tuple[int, int, int]:
+    """(D_fp, D_qat, D_total) of the scaling law: the FP tokens of a pretrained start are those
+    it was pretrained on, not trained here."""
+    plan = plan_phases(config)
+    tokens_fp = config.init.tokens if config.init.pretrained else plan.tokens_fp
+    return tokens_fp, plan.tokens_qat, tokens_fp + plan.tokens_qat
 
 
 def warmup_steps(config: ScheduleConfig, tokens_per_step: int) -> int:

@@ -44,6 +44,7 @@ from qat.data.info import (
 from qat.data.shards import id_dtype, write_shard
 from qat.data.split import check_val_fraction, is_validation
 from qat.data.tokenizer import (
+    GivenTokenizer,
     check_vocab_size,
     encode_documents,
     eot_id,
@@ -70,9 +71,15 @@ def canonical_source(source: str) -> str:
     return str(Path(source).expanduser().resolve())
 
 
-def default_data_dir(source: str, vocab_size: int, max_train_tokens: int | None = None) -> Path:
+def default_data_dir(
+    source: str,
+    vocab_size: int,
+    max_train_tokens: int | None = None,
+    tokenizer: str | None = None,
+) -> Path:
     """``<root>/<slug>-v<vocab_size>``, root being ``$QAT_DATA_DIR`` or ``./data_cache``;
-    ``-t<max_train_tokens>`` is appended for a capped train shard.
+    ``-t<max_train_tokens>`` is appended for a capped train shard, and ``-k<hash>`` for a
+    given tokenizer's name (a pretrained model's, instead of one trained here).
 
     Sources other than "bundled" and "bundled-large" get a short hash of their canonical form in
     the slug, so two folders that share a name do not share a cache entry.
@@ -86,7 +93,8 @@ def default_data_dir(source: str, vocab_size: int, max_train_tokens: int | None 
         digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
         slug = f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-') or 'data'}-{digest}"
     cap = "" if max_train_tokens is None else f"-t{max_train_tokens}"
-    return root / f"{slug}-v{vocab_size}{cap}"
+    given = "" if tokenizer is None else f"-k{hashlib.sha256(tokenizer.encode()).hexdigest()[:8]}"
+    return root / f"{slug}-v{vocab_size}{cap}{given}"
 
 
 def prepare(
@@ -96,8 +104,11 @@ def prepare(
     val_fraction: float = 0.02,
     seed: int = 0,
     max_train_tokens: int | None = None,
+    tokenizer: GivenTokenizer | None = None,
 ) -> DatasetInfo:
     """Build (or find already built) the dataset of ``source`` in ``out_dir``.
+
+    ``tokenizer``: encode with this one (a pretrained model's) instead of training a BPE.
 
     ``seed`` salts the document hash that decides the train/validation split.
     ``max_train_tokens`` caps the train shard: whole training documents are taken in a
@@ -121,6 +132,8 @@ def prepare(
         # None (no cap) also matches folders made before the option existed, which lack the key.
         "max_train_tokens": max_train_tokens,
     }
+    if tokenizer is not None:  # absent otherwise, so folders made before the option match
+        request["tokenizer"] = tokenizer.name
     if (info := _existing(out_dir, request)) is not None:
         return info  # built already: the source need not be here (shards carried to a GPU node)
     check_source(source)  # before anything is created on disk
@@ -134,7 +147,7 @@ def prepare(
         build_dir = out_dir.parent / f"{_build_prefix(out_dir)}{uuid.uuid4().hex}"
         try:
             build_dir.mkdir()
-            _build(source, build_dir, request)
+            _build(source, build_dir, request, tokenizer)
             build_dir.rename(out_dir)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
@@ -181,7 +194,9 @@ def _clear_leftovers(out_dir: Path) -> None:
         out_dir.rmdir()
 
 
-def _build(source: str, build_dir: Path, request: dict[str, Any]) -> None:
+def _build(
+    source: str, build_dir: Path, request: dict[str, Any], given: GivenTokenizer | None
+) -> None:
     vocab_size, val_fraction, seed = request["vocab_size"], request["val_fraction"], request["seed"]
     train_docs: list[str] = []
     val_docs: list[str] = []
@@ -194,16 +209,18 @@ def _build(source: str, build_dir: Path, request: dict[str, Any]) -> None:
             "(add documents, separate them with <|endoftext|> lines, or change val_fraction)"
         )
     # Trained on training text only, so nothing about validation leaks into the vocabulary.
-    sample = tokenizer_sample(train_docs)
-    tokenizer = train_tokenizer(sample, vocab_size)
+    sample = tokenizer_sample(train_docs) if given is None else []
+    tokenizer = train_tokenizer(sample, vocab_size) if given is None else given.tokenizer
+    end = eot_id(tokenizer) if given is None else given.end_id
     save_tokenizer(tokenizer, build_dir / TOKENIZER_FILE)
     cap = request["max_train_tokens"]
     n_train, n_train_docs = _write_tokens(
-        tokenizer, train_docs, build_dir / TRAIN_FILE, vocab_size, cap, seed
+        tokenizer, train_docs, build_dir / TRAIN_FILE, vocab_size, end, cap, seed
     )
-    n_val, n_val_docs = _write_tokens(tokenizer, val_docs, build_dir / VAL_FILE, vocab_size)
+    n_val, n_val_docs = _write_tokens(tokenizer, val_docs, build_dir / VAL_FILE, vocab_size, end)
     meta = {
         **request,
+        "end_token": tokenizer.id_to_token(end),
         "tokenizer_vocab_size": tokenizer.get_vocab_size(),
         "tokenizer_train_docs": len(sample),
         "tokenizer_train_bytes": sum(len(d.encode()) for d in sample),
@@ -246,6 +263,7 @@ def _write_tokens(
     docs: Sequence[str],
     path: Path,
     vocab_size: int,
+    end: int,
     max_tokens: int | None = None,
     seed: int = 0,
 ) -> tuple[int, int]:
@@ -256,9 +274,8 @@ def _write_tokens(
         for start in range(0, len(docs), _ENCODE_CHUNK):
             chunk = docs[start : start + _ENCODE_CHUNK]
             if max_tokens is None:
-                parts.append(encode_documents(tokenizer, chunk).astype(dtype))
+                parts.append(encode_documents(tokenizer, chunk, end).astype(dtype))
             else:  # one array per document, to pick whole documents below
-                end = eot_id(tokenizer)
                 encodings = tokenizer.encode_batch_fast(list(chunk), add_special_tokens=False)
                 parts.extend(np.array([*e.ids, end], dtype=dtype) for e in encodings)
             progress.update(len(chunk))

@@ -1,6 +1,7 @@
 """Byte-level BPE tokenizer: train, save, load, and encode documents into one id stream."""
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,22 @@ EOT = "<|endoftext|>"
 MIN_VOCAB_SIZE = 257
 # A pair seen once is noise, not a reusable unit; this also keeps tiny corpora well behaved.
 _MIN_PAIR_FREQUENCY = 2
+
+
+@dataclass(frozen=True)
+class GivenTokenizer:
+    """A ready tokenizer to encode with instead of training one (a pretrained model's own)."""
+
+    name: str  # recorded in meta.json, e.g. hf:<model>
+    tokenizer: Tokenizer
+    end_token: str  # written after every document
+
+    @property
+    def end_id(self) -> int:
+        token_id = self.tokenizer.token_to_id(self.end_token)
+        if token_id is None:
+            raise DataError(f"tokenizer {self.name} has no token {self.end_token!r}")
+        return token_id
 
 
 def check_vocab_size(vocab_size: int) -> None:
@@ -66,13 +83,16 @@ def eot_id(tokenizer: Tokenizer, path: Path | None = None) -> int:
     return token_id
 
 
-def encode_documents(tokenizer: Tokenizer, docs: Sequence[str]) -> np.ndarray:
-    """Ids of ``docs`` concatenated, each document followed by the end-of-text token.
+def encode_documents(
+    tokenizer: Tokenizer, docs: Sequence[str], end: int | None = None
+) -> np.ndarray:
+    """Ids of ``docs`` concatenated, each document followed by the end-of-text token (``end``,
+    or this pipeline's <|endoftext|>).
 
     Documents are tokenized in parallel on all cores; the ``_fast`` variant skips the character
     offsets, which are never used here.
     """
-    end = eot_id(tokenizer)
+    end = eot_id(tokenizer) if end is None else end
     encodings = tokenizer.encode_batch_fast(list(docs), add_special_tokens=False)
     parts = [np.append(np.asarray(e.ids, dtype=np.int64), end) for e in encodings]
     return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)

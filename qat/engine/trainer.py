@@ -57,8 +57,10 @@ class Trainer:
         checkpoint_dir: Path,
         backend: Backend,
         resume: Checkpoint | bool | None = True,
+        initial_weights: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """``resume``: True = the newest checkpoint in ``checkpoint_dir``; or one; or None."""
+        """``resume``: True = the newest checkpoint in ``checkpoint_dir``; or one; or None.
+        ``initial_weights``: start from these (a pretrained model) instead of a random init."""
         self.config = config
         self.backend = backend
         self.checkpoint_dir = checkpoint_dir
@@ -70,6 +72,8 @@ class Trainer:
         self.switch = QatSwitch(config.bits, config.quant)
         torch.manual_seed(config.seed)
         self.model = Transformer(config.model, data.vocab_size).to(self.device)
+        if initial_weights is not None:
+            self.model.load_state_dict(initial_weights)
         self.n_params, self.n_params_total = count_parameters(self.model)
         optimizer = build_optimizer(self.model, config.optim)
         if backend.fixed_parameters and self.plan.quantized:

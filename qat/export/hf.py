@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
-from qat.data.tokenizer import EOT, eot_id, load_tokenizer
+from qat.export.errors import ExportError
 from qat.export.run import FinishedRun
 from qat.export.staging import staged
 from qat.export.weights import dequantized_state
 from qat.hf_llama import llama_config, to_hf_state
+from qat.pretrained import load_tokenizer, strip_prefix
 
 
 def export_hf(run: FinishedRun, out: Path) -> None:
@@ -21,11 +23,16 @@ def export_hf(run: FinishedRun, out: Path) -> None:
     config = run.config
     state = dequantized_state(run.weights(), config.bits)
     vocab_size = int(state["tok_embeddings.weight"].shape[0])
-    tokenizer = load_tokenizer(run.tokenizer_path)
-    hf_config = llama_config(config.model, vocab_size, config.data.seq_len, eot_id(tokenizer))
+    end_id = Tokenizer.from_file(str(run.tokenizer_path)).token_to_id(run.end_token)
+    if end_id is None:
+        raise ExportError(f"tokenizer {run.tokenizer_path} lacks its end token {run.end_token!r}")
+    hf_config = llama_config(config.model, vocab_size, config.data.seq_len, end_id)
     with staged(out) as folder:
         save_llama(hf_config, to_hf_state(state, config.model), folder)
-        save_tokenizer(run.tokenizer_path, folder)
+        if config.init.source is not None:  # the pretrained model's own tokenizer files
+            load_tokenizer(strip_prefix(config.init.source)).save_pretrained(folder)
+        else:
+            save_tokenizer(run.tokenizer_path, run.end_token, folder)
 
 
 def save_llama(hf_config: Any, state: dict[str, torch.Tensor], folder: Path) -> None:
@@ -42,10 +49,10 @@ def save_llama(hf_config: Any, state: dict[str, torch.Tensor], folder: Path) -> 
     model.save_pretrained(folder)
 
 
-def save_tokenizer(tokenizer_path: Path, folder: Path) -> None:
+def save_tokenizer(tokenizer_path: Path, end_token: str, folder: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_path), eos_token=EOT, bos_token=EOT, unk_token=None
+        tokenizer_file=str(tokenizer_path), eos_token=end_token, bos_token=end_token
     )
     tokenizer.save_pretrained(folder)

@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer
 
 from qat.config import ModelConfig
-from qat.data.tokenizer import load_tokenizer
+from qat.data.tokenizer import EOT
 from qat.export.errors import ExportError
 from qat.export.packing import TRITS, encoding_name, pack, unpack
 from qat.export.run import FinishedRun
@@ -50,6 +50,10 @@ class Exported:
     model: Transformer
     tokenizer: Tokenizer
     info: dict[str, Any]  # config.json
+
+    @property
+    def end_id(self) -> int | None:
+        return self.tokenizer.token_to_id(str(self.info.get("end_token", EOT)))
 
     @property
     def seq_len(self) -> int:
@@ -86,11 +90,13 @@ def export_packed(run: FinishedRun, out: Path, ternary: str = TRITS) -> None:
         "vocab_size": int(state["tok_embeddings.weight"].shape[0]),
         "bits": config.bits,
         "seq_len": config.data.seq_len,
+        "end_token": run.end_token,
         "run_key": run.run_key,
         "final_val_loss": run.final_val_loss,
     }
     with staged(out) as folder:
-        save_file(tensors, folder / WEIGHTS_FILE, metadata={"format": FORMAT, **_layer_meta(layers)})
+        metadata = {"format": FORMAT, **_layer_meta(layers)}
+        save_file(tensors, folder / WEIGHTS_FILE, metadata=metadata)
         (folder / CONFIG_FILE).write_text(json.dumps(info, indent=2))
         shutil.copyfile(run.tokenizer_path, folder / TOKENIZER_FILE)
 
@@ -124,15 +130,15 @@ def load(folder: Path | str) -> Exported:
     model = Transformer(model_config, int(info["vocab_size"]))
     model.load_state_dict(state)
     model.eval()
-    return Exported(model, load_tokenizer(folder / TOKENIZER_FILE), info)
+    return Exported(model, Tokenizer.from_file(str(folder / TOKENIZER_FILE)), info)
 
 
 def read_info(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_FILE
     try:
         info = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ExportError(f"{folder} is not an export folder: cannot read {path} ({error})") from None
+    except (OSError, ValueError):
+        raise ExportError(f"{folder} is not an export folder: cannot read {path}") from None
     if not isinstance(info, dict):
         raise ExportError(f"{path} is not a JSON object")
     return info

@@ -18,8 +18,9 @@ import yaml
 
 from qat.checkpoint import MODEL_FILE, Checkpoint, list_checkpoints
 from qat.config import RunConfig
-from qat.data.info import TOKENIZER_FILE
+from qat.data.info import TOKENIZER_FILE, read_meta
 from qat.data.prepare import default_data_dir
+from qat.data.tokenizer import EOT
 from qat.errors import QatError
 from qat.export.errors import ExportError
 from qat.schedule import plan_phases
@@ -37,6 +38,7 @@ class FinishedRun:
     config: RunConfig
     checkpoint: Checkpoint
     tokenizer_path: Path
+    end_token: str  # the token that ends each document (the tokenizer's end of text)
     final_val_loss: float | None  # from the run folder's metrics.jsonl
     run_id: str | None  # the MLflow run, when the run folder names it
 
@@ -71,7 +73,9 @@ def locate(run: str, runs_dir: Path, tracking_uri: str | None = None) -> Finishe
     data_dir = (
         Path(config.data.cache_dir)
         if config.data.cache_dir
-        else default_data_dir(config.data.source, config.data.vocab_size)
+        else default_data_dir(
+            config.data.source, config.data.vocab_size, tokenizer=config.init.source
+        )
     )
     tokenizer = data_dir / TOKENIZER_FILE
     if not tokenizer.is_file():
@@ -79,9 +83,11 @@ def locate(run: str, runs_dir: Path, tracking_uri: str | None = None) -> Finishe
             f"run {run_dir.name}'s tokenizer {tokenizer} is missing; set $QAT_DATA_DIR to the "
             "data folder it was trained with (or prepare the same data again)"
         )
+    meta = read_meta(data_dir) or {}
     id_file = run_dir / RUN_ID_FILE
     run_id = id_file.read_text().strip() if id_file.is_file() else None
-    return FinishedRun(run_dir, config, final, tokenizer, _final_loss(run_dir), run_id)
+    end_token = str(meta.get("end_token", EOT))
+    return FinishedRun(run_dir, config, final, tokenizer, end_token, _final_loss(run_dir), run_id)
 
 
 def _run_dir(run: str, runs_dir: Path, tracking_uri: str | None) -> Path:
