@@ -17,7 +17,8 @@ TEXT = [
 def save_tokenizer(folder: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    from qat.data.tokenizer import EOT, save_tokenizer as save_json, train_tokenizer
+    from qat.data.tokenizer import EOT, train_tokenizer
+    from qat.data.tokenizer import save_tokenizer as save_json
 
     path = folder / "bpe.json"
     folder.mkdir(parents=True, exist_ok=True)
