@@ -6,6 +6,7 @@ that rather than a separately fitted chinchilla law so that FP and QAT predictio
 compute = 6·N·D_total FLOPs, memory M = N·B/8 bytes.
 
     python -m analysis.predict --law DIR/law.json --n 1.2e9 --tokens 1e11 --bits 4 [--json]
+    python -m analysis.predict --law DIR/law.json --n 1.2e9 --pretrained-tokens 2e12 --bits 4
 """
 
 from __future__ import annotations
@@ -296,10 +297,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--law", required=True, help="law JSON written by analysis.fit_law")
     ap.add_argument("--n", required=True, type=float, help="non-embedding parameters N")
-    ap.add_argument("--tokens", required=True, type=float, help="total training tokens D_total")
+    budget = ap.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--tokens", type=float, help="total training tokens D_total")
+    budget.add_argument(
+        "--pretrained-tokens",
+        type=float,
+        help="D_fp of a model already pretrained: how many QAT tokens it deserves",
+    )
     ap.add_argument("--bits", required=True, type=float, help="bit width B (16 = full precision)")
-    ap.add_argument("--json", action="store_true", help="print {'qat_frac': ..., 'loss': ...}")
+    ap.add_argument("--json", action="store_true", help="print the answer as JSON")
     args = ap.parse_args(argv)
+    if args.pretrained_tokens is not None:
+        from analysis.pretrained import answer
+
+        return answer(args.law, args.n, args.pretrained_tokens, args.bits, args.json)
     try:
         fitted = load_law(args.law)
         _positive(n=args.n, tokens=args.tokens, bits=args.bits)
