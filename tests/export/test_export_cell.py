@@ -113,6 +113,16 @@ def test_a_packed_export_is_the_model_the_run_evaluated(cells, data_root, tmp_pa
     assert torch.equal(weights[f"{layer}.weight"], expected)
 
 
+def test_a_cell_can_be_named_by_its_overrides(cells, tmp_path, capsys):
+    workdir, trained = cells
+    config, _ = trained["torch"]
+    overrides = [*SMOKE, "bits=2", f"run_dir={workdir / 'runs'}"]
+    assert export_main([*overrides, "--out", str(tmp_path / "out")]) == 0
+    assert load(tmp_path / "out").info["run_key"] == config.run_key
+    assert export_main([*SMOKE, "--out", str(tmp_path / "grid")]) == 1  # the whole grid
+    assert "name exactly one" in one_error_line(capsys)
+
+
 def test_packed_weights_take_bits_over_eight(cells, tmp_path):
     from safetensors import safe_open
 
