@@ -50,10 +50,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m qat.data.debian || echo "warning: Debian corpus packages not fetched (bundled-large source unavailable)"
 	@touch $@
 
-demo: setup  ## the smoke grid on the bundled corpus, logged to sqlite:///mlflow.db, then a table
+DEMO_EXPORT ?= exports/smoke-4bit
+demo: setup  ## the smoke grid on the bundled corpus, logged to sqlite:///mlflow.db, a table, one cell exported and sampled
 	$(BIN)/python -m qat.data.prepare --source bundled --vocab-size 2048
 	$(BIN)/python train.py -m grid=smoke
 	$(BIN)/python -m qat.report --experiment $(EXPERIMENT)
+	rm -rf $(DEMO_EXPORT)
+	$(BIN)/python -m qat.export grid=smoke bits=4 qat_frac=0.5 --out $(DEMO_EXPORT) --log
+	$(BIN)/python -m qat.generate $(DEMO_EXPORT) --prompt "The people of the United States" --max-tokens 12
 
 test: setup  ## the test suite (CPU; GPU tests are marked gpu and deselected without CUDA)
 	$(BIN)/python -m pytest -q
@@ -91,5 +95,5 @@ MINI_OUT ?= results/mini
 mini: setup  ## mini-reproduction summary of MINI_CSV into MINI_OUT (summary.md/.json + fit-law's files)
 	$(BIN)/python -m reports.mini $(MINI_CSV) --out $(MINI_OUT)
 
-clean:  ## remove run folders, Hydra outputs and the local MLflow store (not .venv or data)
-	rm -rf runs outputs multirun mlflow.db mlflow.db.lock mlruns mlartifacts
+clean:  ## remove run folders, Hydra outputs, exports and the local MLflow store (not .venv or data)
+	rm -rf runs outputs multirun mlflow.db mlflow.db.lock mlruns mlartifacts exports
