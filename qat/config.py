@@ -341,12 +341,13 @@ def _resolve_trunk(value: Any, trainer: TrainerConfig | None, init: InitConfig |
 def _pretrained_shape(init: InitConfig, data: DataConfig) -> dict[str, Any]:
     """The model group and vocabulary of a pretrained start: the model's own, whatever the
     model group said (its tokenizer re-tokenizes the data)."""
-    from qat.hf_config import read_shape
+    from qat.hf_config import check_tokenizer, read_shape
 
     source = init.source or ""
     if not source.startswith("hf:") or len(source) == 3:
         raise ConfigError(f"init.source={source!r}: expected hf:<model name or local folder>")
     fields, vocab_size, _ = read_shape(source[3:])
+    check_tokenizer(source[3:])
     return {
         "model": ModelConfig(**fields),
         "data": dataclasses.replace(data, vocab_size=vocab_size),

@@ -4,11 +4,13 @@ use it without importing the model code)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from qat.errors import ConfigError
 
 
+@functools.cache
 def read_shape(source: str) -> tuple[dict[str, Any], int, int]:
     """(ModelConfig fields, vocab size, context length) of the model ``source`` (a local folder,
     or a hub name already in the local cache); ConfigError in one line otherwise."""
@@ -22,6 +24,18 @@ def read_shape(source: str) -> tuple[dict[str, Any], int, int]:
         ) from None
     fields, vocab_size = shape_fields(config, source)
     return fields, vocab_size, int(getattr(config, "max_position_embeddings", 0) or 2048)
+
+
+@functools.cache
+def check_tokenizer(source: str) -> None:
+    """ConfigError in one line unless ``source`` has a tokenizer transformers can load offline:
+    a pretrained start re-tokenizes its data with it, so a run without one must not begin."""
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{source} has no usable tokenizer: {first_line(error)}") from None
 
 
 def shape_fields(config: Any, name: str) -> tuple[dict[str, Any], int]:

@@ -140,7 +140,7 @@ def test_the_result_exports_with_the_models_own_tokenizer(pretrained_cell, tmp_p
     ],
 )
 def test_bad_pretrained_settings_are_refused_in_one_line(tmp_path, overrides, message):
-    folder = tiny_llama(tmp_path / "llama", tokenizer=False)
+    folder = tiny_llama(tmp_path / "llama")
     with pytest.raises(ConfigError, match=message) as refused:
         config(tmp_path, str(folder), *overrides)
     assert "\n" not in str(refused.value)
@@ -149,3 +149,23 @@ def test_bad_pretrained_settings_are_refused_in_one_line(tmp_path, overrides, me
 def test_a_non_llama_init_is_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="only the Llama architecture"):
         config(tmp_path, str(tiny_gpt2(tmp_path / "gpt2")))
+
+
+def test_an_init_without_a_tokenizer_is_refused_before_anything_is_written(tmp_path):
+    """train.py itself: one line, a non-zero exit, no data, run folder or MLflow store."""
+    from tests.integration.conftest import train
+
+    folder = tiny_llama(tmp_path / "llama", tokenizer=False)
+    result = train(
+        tmp_path / "work",
+        tmp_path / "data",
+        f"init.source=hf:{folder}",
+        "init.tokens=1M",
+        "trainer.device=cpu",
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no usable tokenizer" in errors[0]
+    # Hydra's own log folder (outputs/) is all there is.
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["outputs"]
+    assert not (tmp_path / "data").exists()
