@@ -95,5 +95,5 @@ MINI_OUT ?= results/mini
 mini: setup  ## mini-reproduction summary of MINI_CSV into MINI_OUT (summary.md/.json + fit-law's files)
 	$(BIN)/python -m reports.mini $(MINI_CSV) --out $(MINI_OUT)
 
-clean:  ## remove run folders, Hydra outputs, exports and the local MLflow store (not .venv or data)
-	rm -rf runs outputs multirun mlflow.db mlflow.db.lock mlruns mlartifacts exports
+clean:  ## remove run folders, Hydra outputs and the local MLflow store (not .venv or data)
+	rm -rf runs outputs multirun mlflow.db mlflow.db.lock mlruns mlartifacts
