@@ -126,3 +126,34 @@ def test_the_optimizer_steps_each_member_as_adamw_with_clipping_steps_it_alone()
         packed = layout.member_state(flats, row, quantized=row == 2)
         for name, value in model.state_dict().items():
             assert torch.equal(packed[name], value), (row, name)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_chunked_head_and_loss_is_the_plain_one(monkeypatch, autocast):
+    """Values and gradients of the chunked loss against F.cross_entropy over full logits, in
+    fp32 and under bf16 autocast (the logits' matmuls then round alike, chunk by chunk)."""
+    from qat.engine.packed import loss
+    from qat.engine.packed.forward import cross_entropy, linear
+
+    members, tokens, dim, vocab = 3, 40, 16, VOCAB
+    monkeypatch.setattr(loss, "CHUNK_VALUES", members * vocab * 7)  # 6 chunks, a short last one
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(members, tokens, dim, generator=generator)
+    head = torch.randn(members, vocab, dim, generator=generator) * 0.3
+    targets = torch.randint(0, vocab, (members, tokens), generator=generator)
+    upstream = torch.rand(members, tokens, generator=generator)
+
+    def run(fused: bool) -> tuple[torch.Tensor, ...]:
+        h, w = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if fused:
+                values = loss.LinearCrossEntropy()(h, w, targets)
+            else:
+                values = cross_entropy(linear(h, w), targets)
+        (values * upstream).sum().backward()
+        return values.detach(), h.grad, w.grad
+
+    tolerance = {"rtol": 2e-2, "atol": 2e-3} if autocast else {"rtol": 1e-5, "atol": 1e-6}
+    for fused, plain in zip(run(True), run(False), strict=True):
+        assert fused.dtype == plain.dtype
+        torch.testing.assert_close(fused, plain, **tolerance)

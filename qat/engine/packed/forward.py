@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from qat.config import ModelConfig
+from qat.engine.packed.loss import LinearCrossEntropy
 from qat.model import apply_rotary
 from qat.quant import FakeQuantFunction, QuantFormat, fake_quant
 from qat.quant.ops import REFERENCE
@@ -111,10 +112,19 @@ class PackedForward:
     torch.compile, one small graph each with the member count dynamic, so a fork or a departure
     does not recompile; the matmuls and the fake quantization (whose format slices change as
     members switch) stay eager.
+
+    ``fused_loss``: the head and the loss as one chunked operation (qat.engine.packed.loss) that
+    never holds the pack's logits; off, the single-cell model's ``F.cross_entropy`` over full
+    logits, which on CPU in fp32 keeps a pack bitwise equal to cells trained alone.
     """
 
     def __init__(
-        self, config: ModelConfig, quantized: tuple[str, ...], kernel: str, compile: bool = False
+        self,
+        config: ModelConfig,
+        quantized: tuple[str, ...],
+        kernel: str,
+        compile: bool = False,
+        fused_loss: bool = False,
     ) -> None:
         self.config = config
         self.quantized = set(quantized)
@@ -127,6 +137,7 @@ class PackedForward:
         self.rotary = wrap(apply_rotary)
         self.swiglu = wrap(swiglu)
         self.cross_entropy = wrap(cross_entropy)
+        self.fused_loss = LinearCrossEntropy(compile) if fused_loss else None
 
     def _weight(
         self, params: dict[str, torch.Tensor], name: str, segments: list[Segment]
@@ -196,6 +207,12 @@ class PackedForward:
         up = linear(h, self._weight(params, f"{prefix}.w3", segments))
         return linear(self.swiglu(gate, up), self._weight(params, f"{prefix}.w2", segments))
 
+    def _head(self, params: dict[str, torch.Tensor], segments: list[Segment]) -> torch.Tensor:
+        if "output" in self.quantized:  # an untied head that quant.exclude leaves quantized
+            return self._weight(params, "output", segments)
+        # tied: the embedding table is the head
+        return params.get("output.weight", params["tok_embeddings.weight"])
+
     def logits(
         self,
         params: dict[str, torch.Tensor],
@@ -204,12 +221,7 @@ class PackedForward:
         segments: list[Segment],
     ) -> torch.Tensor:
         """[members, batch·seq, vocab]."""
-        hidden = self.hidden(params, tokens, rope, segments)
-        if "output" in self.quantized:  # an untied head that quant.exclude leaves quantized
-            head = self._weight(params, "output", segments)
-        else:  # tied: the embedding table is the head
-            head = params.get("output.weight", params["tok_embeddings.weight"])
-        return linear(hidden, head)
+        return linear(self.hidden(params, tokens, rope, segments), self._head(params, segments))
 
     def token_losses(
         self,
@@ -220,4 +232,8 @@ class PackedForward:
         segments: list[Segment],
     ) -> torch.Tensor:
         """Cross-entropy of every target token, [members, batch·seq], in fp32."""
-        return self.cross_entropy(self.logits(params, tokens, rope, segments), targets)
+        if self.fused_loss is None:
+            return self.cross_entropy(self.logits(params, tokens, rope, segments), targets)
+        hidden = self.hidden(params, tokens, rope, segments)
+        members = hidden.shape[0]
+        return self.fused_loss(hidden, self._head(params, segments), targets.reshape(members, -1))

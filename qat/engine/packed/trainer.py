@@ -127,7 +127,13 @@ class PackedTrainer:
         self.layout = ParameterLayout(models[0], self._quantized_names(models[0]))
         kernel = resolve_kernel(config.quant.kernel, device)
         self.forward = PackedForward(
-            config.model, self.layout.quantized, kernel, compile=config.trainer.compile
+            config.model,
+            self.layout.quantized,
+            kernel,
+            compile=config.trainer.compile,
+            # On GPU the logits are the largest tensors of a step; on CPU the plain loss keeps
+            # a pack bitwise equal to its cells trained alone.
+            fused_loss=device.type == "cuda",
         )
         head_dim = config.model.dim // config.model.n_heads
         self.rope = rotary_tables(head_dim, config.data.seq_len, config.model.rope_theta, device)
