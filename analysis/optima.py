@@ -8,8 +8,8 @@ uncertainty comes from replicates of the cell's loss-against-fraction curve:
   f* is the argmin of the mean curve: paired, since a seed shifts all its fractions together;
 - other cells: the curve plus Gaussian noise at the grid's *paired* relative noise
   (`analysis.seed_noise.paired_noise`) where the grid has seed pairs; without any, the pooled
-  residual of a quadratic in f fitted to each cell's curve (an upper bound: it also holds the
-  quadratic's misfit).
+  residual of a local quadratic in logit(f) around each curve's best fraction
+  (`quadratic_noise`; an upper bound: it also holds the quadratic's misfit).
 
 A cell whose f* is its smallest or largest fraction is *censored*: the true optimum may lie
 beyond the grid. The trend and a are bootstrapped over cells and replicates together: each
@@ -31,7 +31,7 @@ from analysis.predict import PAPER_A, fit_predictor
 from analysis.seed_noise import cell_curves, paired_noise, seed_table
 
 N_REPLICATES = 400
-MIN_FRACTIONS = 3
+QUADRATIC_WINDOW = 5
 
 
 @dataclass
@@ -47,18 +47,24 @@ class CellOptima:
 
 
 def quadratic_noise(curves: dict[Any, pd.DataFrame]) -> tuple[float, int]:
-    """Pooled relative residual of a quadratic in f fitted to each seed's log-loss curve (cells
-    with >= 4 fractions), and its degrees of freedom; (nan, 0) without such a curve."""
+    """Pooled relative residual of a local quadratic fitted to each seed's log-loss curve, and its
+    degrees of freedom; (nan, 0) without a curve of >= 4 fractions.
+
+    Local: the `QUADRATIC_WINDOW` fractions around the curve's best, in logit(f), where the
+    loss's two walls (f → 0 and f → 1) are symmetric enough for a parabola: over the whole
+    curve in f the parabola's misfit dominates the noise (8x on the synthetic grids)."""
     ss, dof = 0.0, 0
     for c in curves.values():
         for s in c.columns:
             y = c[s].dropna()
             if len(y) < 4:
                 continue
-            f = y.index.to_numpy(dtype=float)
-            resid = y.to_numpy() - np.polyval(np.polyfit(f, y.to_numpy(), 2), f)
-            ss += float((resid**2).sum())
-            dof += len(y) - 3
+            v, f = y.to_numpy(), y.index.to_numpy(dtype=float)
+            w = min(QUADRATIC_WINDOW, len(v))
+            lo = min(max(int(np.argmin(v)) - w // 2, 0), len(v) - w)
+            v, x = v[lo : lo + w], np.log(f[lo : lo + w] / (1 - f[lo : lo + w]))
+            ss += float(((v - np.polyval(np.polyfit(x, v, 2), x)) ** 2).sum())
+            dof += w - 3
     return (math.sqrt(ss / dof), dof) if dof else (math.nan, 0)
 
 
@@ -72,7 +78,7 @@ def cell_optima(runs: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) ->
     source = f"paired seed noise ({dof} dof)"
     if not dof:
         sigma, dof = quadratic_noise(curves)
-        source = f"quadratic-in-f residuals ({dof} dof)"
+        source = f"local quadratic residuals ({dof} dof)"
     if not dof:
         sigma, source = 0.0, "none: no cell to estimate it from"
     rng = np.random.default_rng(seed)
