@@ -53,6 +53,13 @@ from analysis.seed_noise import seed_noise
 
 log = logging.getLogger("analysis.repro")
 WASTE_FRAC = 0.1
+REPRO_RUNS = Path("results/repro/runs.csv")
+MINI_RUNS = Path("results/mini/runs.csv")
+
+
+def default_runs(root: Path = Path(".")) -> Path:
+    """The reproduction grid's runs once they exist, else the mini grid's (the low-S end)."""
+    return root / (REPRO_RUNS if (root / REPRO_RUNS).is_file() else MINI_RUNS)
 
 
 def _guard(what: Callable[[], Any]) -> Any:

@@ -84,3 +84,10 @@ def test_a_table_without_classic_runs_is_one_line(tmp_path, capsys):
     fused_grid(**GRID).to_csv(path, index=False)
     assert repro.main(["--runs", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "no classic QAT runs" in capsys.readouterr().err
+
+
+def test_the_default_runs_switch_to_the_reproduction_grid_once_it_exists(tmp_path):
+    assert repro.default_runs(tmp_path) == tmp_path / "results/mini/runs.csv"
+    (tmp_path / "results/repro").mkdir(parents=True)
+    (tmp_path / "results/repro/runs.csv").write_text("N\n")
+    assert repro.default_runs(tmp_path) == tmp_path / "results/repro/runs.csv"
