@@ -290,6 +290,8 @@ class WasteByBits(TypedDict):
     law_wasted_pct_mean: float
     law_wasted_pct_min: float
     law_wasted_pct_max: float
+    law_wasted_pct_median: float
+    law_unreachable: int
     runs_cells: int
     runs_gap_mean: NotRequired[float]
     runs_gap_pct_mean: NotRequired[float]
@@ -374,6 +376,10 @@ def wasted_compute(
             "law_wasted_pct_mean": float(law.mean()),
             "law_wasted_pct_min": float(law.min()),
             "law_wasted_pct_max": float(law.max()),
+            # The median and the count of cells where `frac` never reaches the optimum's loss
+            # (wasted = inf, which makes the mean and max inf too).
+            "law_wasted_pct_median": float(law.median()),
+            "law_unreachable": int(np.isinf(law).sum()),
             "runs_cells": len(emp),
         }
         if len(emp):

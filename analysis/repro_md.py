@@ -163,13 +163,21 @@ def md_waste(w: dict[str, Any]) -> list[str]:
             k,
             str(e["cells"]),
             num(e["law_optimal_frac_mean"], ".3f"),
-            f"{num(e['law_wasted_pct_mean'], '.1f')} [{num(e['law_wasted_pct_min'], '.1f')}, "
+            f"{num(e['law_wasted_pct_median'], '.1f')} [{num(e['law_wasted_pct_min'], '.1f')}, "
             f"{num(e['law_wasted_pct_max'], '.1f')}]",
+            str(e["law_unreachable"]),
             num(e.get("runs_wasted_pct_mean"), ".1f"),
         ]
         for k, e in w["by_bits"].items()
     ]
-    head = ["bits", "cells", "law f* (mean)", "law waste % [min, max]", "runs' gap as waste %"]
+    head = [
+        "bits",
+        "cells",
+        "law f* (mean)",
+        "law waste %, median [min, max]",
+        "cells never caught up (–: ≥ 10⁴ × D)",
+        "runs' gap as waste %",
+    ]
     note = [f"Runs: {w['note']}.", ""] if w["note"] else []
     return [
         title,
@@ -209,13 +217,25 @@ def md_advice(a: dict[str, Any]) -> list[str]:
     for b in a["best_bits"]:
         by_memory.setdefault(b["memory_bytes"], {})[b["tokens_per_param"]] = b["best_bits"]
     best = [[f"{m:.3g}", *(row[r] for r in tpps)] for m, row in by_memory.items()]
+    never = "not reached up to 1e27 FLOPs"
     cross = [
         [c["bits"], num(c["compute_flops"], ".3g"), num(c["fp_tokens_per_param"], ".3g")]
+        if c["compute_flops"] is not None
+        else [c["bits"], never, "–"]
         for c in a["crossover"]
     ]
+    ext = a["extrapolated_trend"]
+    f_by_size: dict[str, list[float]] = {}
+    for c in ext["cells"]:
+        f_by_size.setdefault(f"{c['N']:.3g}", []).append(c["f_star"])
     trend = [
-        [n, t["direction"], num(t["rho"], "+.3f")]
-        for n, t in a["extrapolated_trend"]["trend_by_size"].items()
+        [
+            n,
+            t["direction"],
+            num(t["rho"], "+.3f"),
+            f"{min(f_by_size[n]):.3f}–{max(f_by_size[n]):.3f}",
+        ]
+        for n, t in ext["trend_by_size"].items()
     ]
     return [
         title,
@@ -229,7 +249,7 @@ def md_advice(a: dict[str, Any]) -> list[str]:
         *table(["bits", "compute (FLOPs)", "FP tokens/param"], cross),
         "The law's f* against S_total (30–10⁴) extrapolated to the paper's sizes:",
         "",
-        *table(["N", "trend", "ρ"], trend),
+        *table(["N", "trend", "ρ", "law f* range"], trend),
     ]
 
 

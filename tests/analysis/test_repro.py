@@ -46,7 +46,11 @@ def test_the_report_holds_every_section(report):
     assert s["optimal_fraction"]["trend"]["cells"] == 3 * 2 * 2
     assert s["seed_noise"]["available"] and s["seed_noise"]["cells_with_seeds"] == 12
     assert s["fusion"]["overall"]["verdict"] == "fused better"
-    assert set(s["wasted_compute"]["by_bits"]) == {"1", "4"}
+    waste = s["wasted_compute"]["by_bits"]
+    assert set(waste) == {"1", "4"}
+    for w in waste.values():
+        assert w["law_wasted_pct_min"] <= w["law_wasted_pct_median"] <= w["law_wasted_pct_max"]
+        assert w["law_unreachable"] == 0
     assert s["advice"]["crossover"][0]["bits"] == "1"
     md = (report / "summary.md").read_text()
     for title in ("Law fit", "Optimal QAT fraction", "Seed noise", "Wasted", "Fused", "advises"):
