@@ -30,13 +30,13 @@ import pandas as pd
 from analysis.collect import prepare
 from analysis.errors import AnalysisError
 from analysis.fit import (
-    _POLISH,
     DEFAULT_DELTA,
+    POLISH,
     FitResult,
-    _one_blas_thread,
-    _Problem,
-    _run_chunks,
+    Problem,
     fit,
+    one_blas_thread,
+    run_chunks,
     select_rows,
 )
 from analysis.law import CHINCHILLA, FP_BITS, QAT, FittedLaw
@@ -118,23 +118,23 @@ def _cluster_counts(labels: np.ndarray, rng: np.random.Generator, n_boot: int) -
 
 
 def _anchored_chunk(
-    fp: _Problem, fp_xc: np.ndarray, qat: _Problem, qat_xc: np.ndarray, counts: np.ndarray
+    fp: Problem, fp_xc: np.ndarray, qat: Problem, qat_xc: np.ndarray, counts: np.ndarray
 ) -> np.ndarray:
     """Worker: both stages refitted per resample (rows repeated by their counts), warm-started
     at the full-data optima; returns the qat law's internal (uncentred) vectors."""
     n_fp = len(fp.y)
     chin_idx = [QAT.param_names.index(n) for n in CHINCHILLA.param_names]
     out = []
-    with _one_blas_thread():
+    with one_blas_thread():
         for c in counts:
             rows_fp = np.repeat(np.arange(n_fp), c[:n_fp])
             rows_q = np.repeat(np.arange(len(qat.y)), c[n_fp:])
-            x_fp = CHINCHILLA.uncenter(fp.minimise(fp_xc, _POLISH, rows_fp).x, fp.mu)
+            x_fp = CHINCHILLA.uncenter(fp.minimise(fp_xc, POLISH, rows_fp).x, fp.mu)
             x0 = QAT.uncenter(qat_xc, qat.mu)
             x0[chin_idx] = x_fp
             xc0 = QAT.center(x0, qat.mu)
             pinned = tuple((i, float(xc0[i])) for i in chin_idx)
-            xq = qat.minimise(xc0, _POLISH, rows_q, pinned).x
+            xq = qat.minimise(xc0, POLISH, rows_q, pinned).x
             out.append(QAT.uncenter(xq, qat.mu))
     return np.array(out)
 
@@ -192,7 +192,7 @@ def fit_anchored(
         )
         assert fp.problem is not None and qat.problem is not None
         args = (fp.problem, fp.best_centred, qat.problem, qat.best_centred)
-        parts = _run_chunks(_anchored_chunk, args, counts, workers, "bootstrap", progress)
+        parts = run_chunks(_anchored_chunk, args, counts, workers, "bootstrap", progress)
         boot = pd.DataFrame([QAT.from_internal(x) for p in parts for x in p])
         qat.fitted.ci = percentile_ci(boot)
         qat.fitted.settings["bootstrap"] = bootstrap

@@ -31,7 +31,7 @@ _MAXITER = 2000
 # ranks basins); the best few end points are then polished to a tight one. This halves the cost of
 # thousands of starts without changing which basin wins.
 _SCREEN = {"ftol": 1e-5, "gtol": 1e-5}
-_POLISH = {"ftol": 1e-12, "gtol": 1e-9}
+POLISH = {"ftol": 1e-12, "gtol": 1e-9}
 _N_POLISH = 8
 
 
@@ -48,7 +48,7 @@ class FitResult:
     dropped: dict[str, int]
     start_objectives: np.ndarray
     bootstrap_params: pd.DataFrame | None
-    problem: _Problem | None = None
+    problem: Problem | None = None
     best_centred: np.ndarray | None = None
 
 
@@ -124,14 +124,14 @@ def make_starts(law: Law, n: int | None = None, seed: int = 0) -> np.ndarray:
     return lo + u * (hi - lo)
 
 
-def _one_blas_thread():
+def one_blas_thread():
     # L-BFGS-B's tiny BLAS calls are 5-10x slower when OpenBLAS wakes its thread pool for each;
     # we parallelise over starts instead.
     return threadpool_limits(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True)
-class _Problem:
+class Problem:
     """What every worker needs: the law and the centred data.
 
     `pinned` holds parameters fixed at centred values (index, value): their bounds collapse to
@@ -176,21 +176,21 @@ class _Problem:
         )
 
 
-def _starts_chunk(problem: _Problem, tol: dict, starts: np.ndarray):
+def _starts_chunk(problem: Problem, tol: dict, starts: np.ndarray):
     """Worker: an L-BFGS-B run per start to tolerance `tol`; returns (objectives, end points)."""
-    with _one_blas_thread():
+    with one_blas_thread():
         res = [problem.minimise(x0, tol) for x0 in starts]
     objs = np.array([r.fun if np.isfinite(r.fun) else np.inf for r in res])
     return objs, np.array([r.x for r in res])
 
 
-def _bootstrap_chunk(problem: _Problem, x0: np.ndarray, samples: np.ndarray):
+def _bootstrap_chunk(problem: Problem, x0: np.ndarray, samples: np.ndarray):
     """Worker: refit each resample of the rows, warm-started at the full-data optimum."""
-    with _one_blas_thread():
-        return np.array([problem.minimise(x0, _POLISH, idx).x for idx in samples])
+    with one_blas_thread():
+        return np.array([problem.minimise(x0, POLISH, idx).x for idx in samples])
 
 
-def _run_chunks(
+def run_chunks(
     fn: Callable, args: tuple, items: np.ndarray, workers: int, desc: str, progress: bool
 ) -> list:
     """Apply `fn(*args, chunk)` to chunks of `items` on `workers` processes, in order."""
@@ -212,7 +212,7 @@ def _run_chunks(
     return out
 
 
-def at_bounds(problem: _Problem, xc: np.ndarray, tol: float = 1e-6) -> list[str]:
+def at_bounds(problem: Problem, xc: np.ndarray, tol: float = 1e-6) -> list[str]:
     """Free parameters whose centred value sits on a bound of the fit: the data did not decide
     them, the bound did. For a coefficient the bound is its term's value at the data's centre."""
     law = get_law(problem.law_name)
@@ -224,7 +224,7 @@ def at_bounds(problem: _Problem, xc: np.ndarray, tol: float = 1e-6) -> list[str]
     return out
 
 
-def pin(law: Law, fixed: Mapping[str, float], x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+def pin(law: Law, fixed: Mapping[str, float], x: np.ndarray) -> np.ndarray:
     """Internal vector `x` with the `fixed` parameters (natural units) put in."""
     x = np.array(x, dtype=float)
     internal = law.to_internal({**law.from_internal(x), **fixed})
@@ -293,20 +293,20 @@ def fit(
             )
     x0s = make_starts(law, starts, seed)
     if fixed:
-        x0s = np.array([pin(law, fixed, x0, mu) for x0 in x0s])
+        x0s = np.array([pin(law, fixed, x0) for x0 in x0s])
     # Pinned at the centred values of the fixed parameters (the same in every start).
     xc_fixed = law.center(x0s[0], mu)
     pinned = tuple(
         (law.param_names.index(n), float(xc_fixed[law.param_names.index(n)])) for n in fixed
     )
-    problem = _Problem(law.name, Z - mu, y, delta, mu, pinned)
+    problem = Problem(law.name, Z - mu, y, delta, mu, pinned)
 
     xc0s = np.array([law.center(x0, mu) for x0 in x0s])
-    parts = _run_chunks(_starts_chunk, (problem, _SCREEN), xc0s, workers, "starts", progress)
+    parts = run_chunks(_starts_chunk, (problem, _SCREEN), xc0s, workers, "starts", progress)
     objs = np.concatenate([p[0] for p in parts])
     ends = np.concatenate([p[1] for p in parts])
     top = ends[np.argsort(objs)[:_N_POLISH]]
-    parts = _run_chunks(_starts_chunk, (problem, _POLISH), top, workers, "polish", progress)
+    parts = run_chunks(_starts_chunk, (problem, POLISH), top, workers, "polish", progress)
     polished = np.concatenate([p[0] for p in parts])
     best_i = int(np.argmin(polished))
     best_obj, best_xc = float(polished[best_i]), np.concatenate([p[1] for p in parts])[best_i]
@@ -327,7 +327,7 @@ def fit(
         rng = np.random.default_rng(seed)
         samples = rng.integers(0, len(y), size=(bootstrap, len(y)))
         args = (problem, best_xc)
-        parts = _run_chunks(_bootstrap_chunk, args, samples, workers, "bootstrap", progress)
+        parts = run_chunks(_bootstrap_chunk, args, samples, workers, "bootstrap", progress)
         boot = pd.DataFrame([law.from_internal(law.uncenter(x, mu)) for p in parts for x in p])
         ci = {n: (float(boot[n].quantile(0.025)), float(boot[n].quantile(0.975))) for n in boot}
 
