@@ -76,8 +76,16 @@ def fp_points(runs: pd.DataFrame) -> pd.DataFrame:
     seed = runs["seed"].astype(str) if "seed" in runs else pd.Series("0", index=runs.index)
     fused = runs.fusion.astype(bool)
     fp_only = runs[(runs.B >= FP_BITS) & (runs.D_qat <= 0) & ~fused]
-    parts = [pd.DataFrame({"N": fp_only.N, "D": fp_only.D_total, "loss": fp_only.loss})]
-    parts[0]["seed"] = seed[fp_only.index]
+    parts = [
+        pd.DataFrame(
+            {
+                "N": fp_only.N,
+                "D": fp_only.D_total,
+                "loss": fp_only.loss,
+                "seed": seed[fp_only.index],
+            }
+        )
+    ]
     if "fp_loss" in runs:
         classic = runs[(runs.B < FP_BITS) & (runs.D_fp > 0) & (runs.D_qat > 0) & ~fused]
         fp_loss = pd.to_numeric(classic.fp_loss, errors="coerce")
@@ -88,7 +96,7 @@ def fp_points(runs: pd.DataFrame) -> pd.DataFrame:
                     "N": classic.N[ok],
                     "D": classic.D_fp[ok],
                     "loss": fp_loss[ok],
-                    "seed": seed[ok.index[ok]],
+                    "seed": seed[fp_loss[ok].index],
                 }
             )
         )

@@ -122,6 +122,13 @@ def cell_optima(runs: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) ->
     return CellOptima(cells, np.array(reps).reshape(len(rows), n_rep), sigma, source)
 
 
+def subset(optima: CellOptima, keep: pd.Series) -> CellOptima:
+    """The cells where `keep` (aligned with `optima.cells`) holds, with their replicates."""
+    mask = keep.to_numpy(dtype=bool)
+    cells = optima.cells[mask].reset_index(drop=True)
+    return CellOptima(cells, optima.replicates[mask], optima.noise, optima.noise_source)
+
+
 class Interval(TypedDict):
     value: float | None
     lo: float | None

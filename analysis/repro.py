@@ -45,8 +45,8 @@ from analysis.grid_stats import (
     unavailable,
     wasted_compute,
 )
-from analysis.law import FittedLaw
-from analysis.optima import CellOptima, cell_optima, optimum_trend
+from analysis.law import FittedLaw, bits_key
+from analysis.optima import CellOptima, cell_optima, optimum_trend, subset
 from analysis.predict import law_optima, wasted_tokens_table
 from analysis.repro_md import plain, render_markdown
 from analysis.seed_noise import seed_noise
@@ -98,6 +98,10 @@ def optima_section(optima: CellOptima, law: FittedLaw, seed: int) -> dict[str, A
         "noise": optima.noise,
         "noise_source": optima.noise_source,
         "trend": optimum_trend(optima, seed=seed),
+        "trend_by_bits": {
+            bits_key(b): optimum_trend(subset(optima, optima.cells.B.eq(b)), seed=seed)
+            for b in sorted(optima.cells.B.unique())
+        },
         "law_trend": rank_trend(at_law.S_total, at_law.qat_frac.round(4)),
         "cells": cells.to_dict("records"),
     }

@@ -115,6 +115,17 @@ def md_optima(o: dict[str, Any]) -> list[str]:
         f"({'inside' if t['paper_a_in_ci'] else 'outside'} the interval)",
         "",
     ]
+    per_bits = [
+        [
+            k,
+            str(b["cells"]),
+            f"{b['censored_low']} / {b['censored_high']}",
+            interval(b["rho_S"]),
+            interval(b["a"]),
+        ]
+        for k, b in o["trend_by_bits"].items()
+    ]
+    lines += table(["bits", "cells", "censored low / high", "ρ(f*, S) [95%]", "a [95%]"], per_bits)
     rows = [
         [
             f"{c['N']:.3g}",

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis.law import QAT
-from analysis.optima import cell_optima, optimum_trend
+from analysis.optima import cell_optima, optimum_trend, subset
 from analysis.predict import fit_predictor
 from analysis.synthetic import TRUE_QAT_PARAMS, seeded_grid
 
@@ -91,6 +91,13 @@ def test_optima_at_the_grid_edge_are_flagged_censored():
     assert cell_optima(high_fracs).cells.censored.tolist() == ["low"]
     t = optimum_trend(cell_optima(pd.concat([low_fracs, high_fracs])), n_boot=20)
     assert (t["censored_low"], t["censored_high"]) == (1, 1)
+
+
+def test_a_subset_keeps_each_cells_replicates(seeded):
+    one_bit = subset(seeded, seeded.cells.B.eq(1))
+    assert len(one_bit.cells) == 8 and (one_bit.cells.B == 1).all()
+    rows = np.flatnonzero(seeded.cells.B.eq(1).to_numpy())
+    np.testing.assert_array_equal(one_bit.replicates, seeded.replicates[rows])
 
 
 def test_cells_with_fewer_than_three_fractions_are_left_out():

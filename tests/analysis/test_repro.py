@@ -44,6 +44,10 @@ def test_the_report_holds_every_section(report):
     assert s["fit"]["held_out"]["available"] and s["fit"]["held_out"]["held_out_N"] == 2e8
     assert s["fit"]["ci"] is not None and s["fit"]["r2"] > 0.99
     assert s["optimal_fraction"]["trend"]["cells"] == 3 * 2 * 2
+    assert {k: t["cells"] for k, t in s["optimal_fraction"]["trend_by_bits"].items()} == {
+        "1": 6,
+        "4": 6,
+    }
     assert s["seed_noise"]["available"] and s["seed_noise"]["cells_with_seeds"] == 12
     assert s["fusion"]["overall"]["verdict"] == "fused better"
     waste = s["wasted_compute"]["by_bits"]
