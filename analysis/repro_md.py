@@ -186,7 +186,7 @@ def md_waste(w: dict[str, Any]) -> list[str]:
         "cells",
         "law f* (mean)",
         "law waste %, median [min, max]",
-        "cells never caught up (–: ≥ 10⁴ × D)",
+        "cells never caught up (within 10⁴ × D_total)",
         "runs' gap as waste %",
     ]
     note = [f"Runs: {w['note']}.", ""] if w["note"] else []
