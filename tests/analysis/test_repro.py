@@ -41,7 +41,9 @@ def test_the_report_holds_every_section(report):
     assert {"law.json", "residuals.csv", "summary.json", "summary.md"} <= set(files)
     assert {"plots/fit_quality.png", "plots/optimal_fraction.png"} <= set(files)
     s = json.loads((report / "summary.json").read_text())
-    assert s["fit"]["held_out"]["available"] and s["fit"]["held_out"]["held_out_N"] == 2e8
+    held = s["fit"]["held_out"]
+    assert held["available"] and held["held_out_N"] == 2e8
+    assert held["r2"] > 0.9  # two sizes predict the third (0.94 with these few starts)
     assert s["fit"]["ci"] is not None and s["fit"]["r2"] > 0.99
     assert s["optimal_fraction"]["trend"]["cells"] == 3 * 2 * 2
     assert {k: t["cells"] for k, t in s["optimal_fraction"]["trend_by_bits"].items()} == {
