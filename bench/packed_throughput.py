@@ -189,7 +189,9 @@ def _node_grid(workdir: Path, extra: list[str], deadline: float) -> dict:
 
 def run_grid(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="packed-bench-"))
-    packed = _node_grid(root / "packed", ["trainer=packed", *args.extra], args.deadline)
+    # compiled: the packed step's element-wise parts fused (eager is about half the speed)
+    packed_overrides = ["trainer=packed", "trainer.compile=true", *args.extra]
+    packed = _node_grid(root / "packed", packed_overrides, args.deadline)
     print("packed", packed, flush=True)
     today = _node_grid(root / "torch", ["--workers-per-gpu", "8", *args.extra], args.deadline)
     print("node_grid", today, flush=True)

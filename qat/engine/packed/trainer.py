@@ -131,9 +131,9 @@ class PackedTrainer:
             self.layout.quantized,
             kernel,
             compile=config.trainer.compile,
-            # On GPU the logits are the largest tensors of a step; on CPU the plain loss keeps
-            # a pack bitwise equal to its cells trained alone.
-            fused_loss=device.type == "cuda",
+            # On GPU a step is bound by memory traffic, the logits' above all; on CPU the
+            # single-cell model's operations keep a pack bitwise equal to its cells alone.
+            fused=device.type == "cuda",
         )
         head_dim = config.model.dim // config.model.n_heads
         self.rope = rotary_tables(head_dim, config.data.seq_len, config.model.rope_theta, device)
