@@ -17,6 +17,7 @@ from qat.units import parse_count
 
 ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 FP_BITS = 16.0
+DEFAULT_TOKENS = 2_000_000  # the budget when neither tokens nor tokens_per_param is set
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,17 @@ class ModelConfig:
     rope_theta: float = 10000.0
     init_std: float = 0.02
     tie_embeddings: bool = True
+
+    def non_embedding_params(self) -> int:
+        """N of the scaling law, from the shape alone: what qat.model.count_parameters counts
+        on the built Transformer (attention, SwiGLU and norm weights; no embedding or head), so
+        a budget in tokens per parameter resolves without building the model."""
+        head_dim = self.dim // self.n_heads
+        kv_dim = (self.n_kv_heads or self.n_heads) * head_dim
+        attention = 2 * self.dim * self.dim + 2 * self.dim * kv_dim  # wq, wo; wk, wv
+        feed_forward = 3 * self.dim * self.ffn_dim
+        norms = 2 * self.dim
+        return self.n_layers * (attention + feed_forward + norms) + self.dim  # + final norm
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,7 @@ class TrackingConfig:
 class RunConfig:
     bits: float
     qat_frac: float
-    tokens: int
+    tokens: int  # resolved: tokens_per_param × N when the budget was given per parameter
     fusion: bool
     seed: int
     model: ModelConfig
@@ -113,6 +125,9 @@ class RunConfig:
     run_dir: str = "runs"
     trunk: str = "share"  # share: branch from a shared FP trunk checkpoint; off: train it all
     # (the YAML default "auto" resolves to share for trainer=torch and off for deepspeed)
+    # The budget as given, when in tokens per non-embedding parameter (None: tokens was given).
+    # Only ``tokens`` enters the run key: the same budget reached either way is the same cell.
+    tokens_per_param: float | None = None
 
     @property
     def is_fp_only(self) -> bool:
@@ -138,13 +153,15 @@ class RunConfig:
                     raise ConfigError(f"config has no '{key}' group; pick one, e.g. {key}=nano")
                 continue
             kwargs[key] = _build_section(section_cls, key, tree.pop(key))
-        for key in ("bits", "qat_frac", "tokens", "fusion", "seed"):
+        for key in ("bits", "qat_frac", "fusion", "seed"):
             if key not in tree:
                 raise ConfigError(f"config is missing the top-level key '{key}'")
+        tokens_per_param = _parse_tokens_per_param(tree.pop("tokens_per_param", None))
         config = cls(
             bits=_parse_bits(tree.pop("bits")),
             qat_frac=_parse_fraction(tree.pop("qat_frac")),
-            tokens=parse_count(tree.pop("tokens"), "tokens"),
+            tokens=_resolve_tokens(tree.pop("tokens", None), tokens_per_param, kwargs["model"]),
+            tokens_per_param=tokens_per_param,
             fusion=_parse_bool(tree.pop("fusion"), "fusion"),
             seed=_parse_int(tree.pop("seed"), "seed"),
             run_dir=str(tree.pop("run_dir", "runs")),
@@ -169,9 +186,12 @@ class RunConfig:
         _require(d.batch_size > 0, f"data.batch_size={d.batch_size} > 0")
         _require(d.eval_tokens >= d.seq_len, f"data.eval_tokens={d.eval_tokens} >= data.seq_len")
         tokens_per_step = d.seq_len * d.batch_size
+        budget = f"tokens={self.tokens}"
+        if self.tokens_per_param is not None:
+            budget += f" (tokens_per_param={self.tokens_per_param:g} × N of model '{m.name}')"
         _require(
             self.tokens >= 4 * tokens_per_step,
-            f"tokens={self.tokens} >= 4 optimizer steps of {tokens_per_step} tokens",
+            f"{budget} >= 4 optimizer steps of {tokens_per_step} tokens",
         )
         _require(s.name == "wsd", f"schedule.name={s.name!r} is one of: wsd")
         _require(s.warmup_tokens >= 0, f"schedule.warmup_tokens={s.warmup_tokens} >= 0")
@@ -298,6 +318,33 @@ def _build_section(section_cls: type, key: str, values: Any) -> Any:
         return section_cls(**coerced)
     except TypeError as error:
         raise ConfigError(f"config group '{key}': {error}") from None
+
+
+def _parse_tokens_per_param(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        ratio = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        ratio = float("nan")
+    if not 0.0 < ratio < float("inf"):
+        raise ConfigError(
+            f"tokens_per_param={value!r} must be a positive number (tokens per parameter)"
+        )
+    return ratio
+
+
+def _resolve_tokens(value: Any, tokens_per_param: float | None, model: ModelConfig) -> int:
+    """The budget D_total: ``tokens`` as given, or tokens_per_param × N, or DEFAULT_TOKENS when
+    neither is set (conf/config.yaml leaves both null, so a grid may set either)."""
+    if tokens_per_param is None:
+        return DEFAULT_TOKENS if value is None else parse_count(value, "tokens")
+    if value is not None:
+        raise ConfigError(
+            f"tokens={value!r} and tokens_per_param={tokens_per_param:g} are both set; "
+            "set one of them (the other null)"
+        )
+    return round(tokens_per_param * model.non_embedding_params())
 
 
 def _resolve_trunk(value: Any, trainer: TrainerConfig | None) -> str:
