@@ -18,6 +18,12 @@ from qat.units import parse_count
 ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 FP_BITS = 16.0
 DEFAULT_TOKENS = 2_000_000  # the budget when neither tokens nor tokens_per_param is set
+# Knobs added after runs were recorded: at these values they stay out of the run key, so every
+# cell recorded before them keeps its key (and a grid re-run skips it).
+KEY_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "schedule": {"qat_lr_ratio": 1.0},
+    "optim": {"qat_reset_moments": False},
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class ScheduleConfig:
     cooldown_frac: float = 0.2
     cooldown_shape: str = "linear"  # linear | cosine | sqrt
     min_lr_ratio: float = 0.0
+    qat_lr_ratio: float = 1.0  # the QAT phase's peak learning rate, as a multiple of optim.lr
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    # true: the weights' Adam moments (and step counts) start afresh at the QAT switch, as if
+    # QAT were a new run from the FP weights; false keeps what the FP phase learned.
+    qat_reset_moments: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,7 @@ class RunConfig:
             f"schedule.cooldown_shape={s.cooldown_shape!r} is one of: linear, cosine, sqrt",
         )
         _require(0.0 <= s.min_lr_ratio <= 1.0, f"schedule.min_lr_ratio={s.min_lr_ratio} in [0, 1]")
+        _require(s.qat_lr_ratio > 0, f"schedule.qat_lr_ratio={s.qat_lr_ratio} > 0")
         _require(self.trunk in ("share", "off"), f"trunk={self.trunk!r} is one of: share, off")
         _require(o.name == "adamw", f"optim.name={o.name!r} is one of: adamw")
         _require(o.lr > 0, f"optim.lr={o.lr} > 0")
@@ -223,6 +234,10 @@ class RunConfig:
             # A trunk is extended by whichever single process needs it first; a multi-process
             # cell cannot hand that job to one rank, so DeepSpeed cells train their own prefix.
             _require(self.trunk == "off", "trunk=off (or auto) with trainer=deepspeed")
+            # ZeRO keeps the moments in its own partitions; resetting them is not implemented.
+            _require(
+                not o.qat_reset_moments, "optim.qat_reset_moments=false with trainer=deepspeed"
+            )
             _require(not t.compile, "trainer.compile=false with trainer=deepspeed")
         _require(
             t.precision in ("auto", "fp32", "bf16"),
@@ -248,8 +263,8 @@ class RunConfig:
             "model": dataclasses.asdict(self.model),
             "data": data,
             "quant": quant if not self.is_fp_only else None,
-            "schedule": dataclasses.asdict(self.schedule),
-            "optim": dataclasses.asdict(self.optim),
+            "schedule": self._keyed("schedule", dataclasses.asdict(self.schedule)),
+            "optim": self._keyed("optim", dataclasses.asdict(self.optim)),
             "tokens": self.tokens,
             "qat_frac": self.qat_frac if not self.is_fp_only else 0.0,
             "bits": self.bits,
@@ -258,6 +273,16 @@ class RunConfig:
             # fp32 and bf16 train different numbers; "auto" resolves per device, and a cell
             # refuses to mix with weights trained in the other (qat.store.provenance).
             "precision": self.trainer.precision,
+        }
+
+    def _keyed(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` without the knobs of KEY_NEUTRAL_DEFAULTS at their defaults; all of them
+        dropped for an FP-only cell, which has no QAT phase for them to change."""
+        neutral = KEY_NEUTRAL_DEFAULTS[section]
+        return {
+            k: v
+            for k, v in values.items()
+            if k not in neutral or (v != neutral[k] and not self.is_fp_only)
         }
 
     @property

@@ -30,9 +30,12 @@ def write_in_place(param: nn.Parameter, value: torch.Tensor) -> None:
 
 
 class QatSwitch:
-    def __init__(self, bits: float, quant: QuantConfig) -> None:
+    def __init__(self, bits: float, quant: QuantConfig, reset_moments: bool = False) -> None:
+        """``reset_moments``: the weights' Adam state starts afresh at the switch too
+        (optim.qat_reset_moments); the scales' always does."""
         self.bits = bits
         self.quant = quant
+        self.reset_moments = reset_moments
 
     def layers(self, model: nn.Module) -> list[QuantLinear]:
         return [m for m in model.modules() if isinstance(m, QuantLinear)]
@@ -53,6 +56,8 @@ class QatSwitch:
     ) -> None:
         """Start QAT now: a converted-but-inactive model gets fresh scales and scale moments;
         an unconverted one is converted."""
+        if self.reset_moments:
+            _reset_state(optimizer, lambda name: name != SCALE_GROUP)
         layers = self.layers(model)
         if not layers:
             self.convert(model, optimizer, active=True)
@@ -60,7 +65,7 @@ class QatSwitch:
         for layer in layers:
             write(layer.scale, init_scale(layer.weight.detach().float(), layer.fmt))
             layer.active = True
-        _reset_scale_state(optimizer)
+        _reset_state(optimizer, lambda name: name == SCALE_GROUP)
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Before loading a checkpoint written after the switch: the model in its QAT form (the
@@ -72,11 +77,13 @@ class QatSwitch:
             layer.active = True
 
 
-def _reset_scale_state(optimizer: torch.optim.Optimizer) -> None:
+def _reset_state(optimizer: torch.optim.Optimizer, groups: Callable[[str | None], bool]) -> None:
+    """Zero the moments and step counts of the parameter groups whose name ``groups`` picks:
+    the next step is then their first (bias correction included)."""
     # A wrapped optimizer (DeepSpeed's) keeps the torch one as .optimizer.
     inner = getattr(optimizer, "optimizer", optimizer)
     for group in inner.param_groups:
-        if group.get("name") != SCALE_GROUP:
+        if not groups(group.get("name")):
             continue
         for param in group["params"]:
             for value in inner.state.get(param, {}).values():

@@ -330,6 +330,8 @@ class PackedTrainer:
             weight = views[f"{linear}.weight"][index]
             views[f"{linear}.scale"][index].copy_(init_scale(weight.float(), fmt))
         self.optimizer.reset_scales(index)
+        if self.member(row).config.optim.qat_reset_moments:
+            self.optimizer.reset_weights(index)
         row.quantized = True
 
     def _finish(self, indices: list[int]) -> None:
