@@ -23,6 +23,7 @@ DEFAULT_TOKENS = 2_000_000  # the budget when neither tokens nor tokens_per_para
 KEY_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "schedule": {"qat_lr_ratio": 1.0},
     "optim": {"qat_reset_moments": False},
+    "quant": {"embeddings": False},
 }
 
 
@@ -67,6 +68,8 @@ class QuantConfig:
     kernel: str = "auto"  # auto | cuda | reference; not part of the run key (same math)
     exclude: tuple[str, ...] = ("tok_embeddings", "output")
     scale_lr_mult: float = 1.0
+    # true: the embedding and LM head are fake-quantized too, at max(bits, 4) (qat.quant.embedding)
+    embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,11 @@ class RunConfig:
         _require(t.zero_stage in (0, 1, 2), f"trainer.zero_stage={t.zero_stage} is one of 0, 1, 2")
         _require(t.grad_accum >= 1, f"trainer.grad_accum={t.grad_accum} >= 1")
         _require(t.pack_size >= 0, f"trainer.pack_size={t.pack_size} >= 0 (0: fit the memory)")
+        # The packed forward quantizes the body's linears only; its tied table stays FP.
+        _require(
+            not (t.backend == "packed" and self.quant.embeddings),
+            "quant.embeddings=false with trainer=packed (use trainer=torch)",
+        )
         if t.backend in ("torch", "packed"):
             _require(
                 t.grad_accum == 1, f"trainer.grad_accum=1 with trainer={t.backend} (use deepspeed)"
@@ -262,7 +270,7 @@ class RunConfig:
         return {
             "model": dataclasses.asdict(self.model),
             "data": data,
-            "quant": quant if not self.is_fp_only else None,
+            "quant": self._keyed("quant", quant) if not self.is_fp_only else None,
             "schedule": self._keyed("schedule", dataclasses.asdict(self.schedule)),
             "optim": self._keyed("optim", dataclasses.asdict(self.optim)),
             "tokens": self.tokens,

@@ -1,6 +1,7 @@
 """The FP→QAT switch: one object that every backend calls.
 
-It converts the model (nn.Linear → QuantLinear), then tells the optimizer about the new scales
+It converts the model (nn.Linear → QuantLinear; with quant.embeddings the embedding and head too,
+qat.quant.embedding), then tells the optimizer about the new scales
 (a fresh parameter group, so the weights keep their Adam moments and the scales start without).
 A backend whose engine fixes the parameter set when it starts (DeepSpeed) has the layers built
 up front, inactive (plain Linear maths, scales in the optimizer but never given a gradient);
@@ -18,7 +19,14 @@ from torch import nn
 
 from qat.config import QuantConfig
 from qat.optim import SCALE_GROUP, add_scale_group
-from qat.quant import QuantLinear, init_scale, quant_parameters, quantize_model
+from qat.quant import (
+    QuantEmbedding,
+    QuantLinear,
+    init_scale,
+    quant_parameters,
+    quantize_embeddings,
+    quantize_model,
+)
 
 # How a backend writes a parameter's value (DeepSpeed's ZeRO keeps its own fp32 copy to update).
 ParamWriter = Callable[[nn.Parameter, torch.Tensor], None]
@@ -37,13 +45,15 @@ class QatSwitch:
         self.quant = quant
         self.reset_moments = reset_moments
 
-    def layers(self, model: nn.Module) -> list[QuantLinear]:
-        return [m for m in model.modules() if isinstance(m, QuantLinear)]
+    def layers(self, model: nn.Module) -> list[QuantLinear | QuantEmbedding]:
+        return [m for m in model.modules() if isinstance(m, QuantLinear | QuantEmbedding)]
 
     def convert(self, model: nn.Module, optimizer: torch.optim.Optimizer, active: bool) -> None:
         """Swap in QuantLinear (scales from the current weights) and give the optimizer their
         scales; ``active=False`` builds them switched off, for engines that fix parameters early."""
         quantize_model(model, self.bits, kernel=self.quant.kernel, exclude=self.quant.exclude)
+        if self.quant.embeddings:
+            quantize_embeddings(model, self.bits, kernel=self.quant.kernel)
         for layer in self.layers(model):
             layer.active = active
         add_scale_group(optimizer, quant_parameters(model), self.quant.scale_lr_mult)

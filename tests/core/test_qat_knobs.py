@@ -113,7 +113,9 @@ def test_a_packed_member_resets_its_own_weights_moments():
         state = optimizer.state[group]
         assert state["steps"].tolist() == [1, 0, 1]
         assert torch.count_nonzero(state["exp_avg"][1]) == 0
-        assert torch.count_nonzero(state["exp_avg_sq"][0]) > 0 < torch.count_nonzero(
-            state["exp_avg_sq"][2]
+        assert (
+            torch.count_nonzero(state["exp_avg_sq"][0])
+            > 0
+            < torch.count_nonzero(state["exp_avg_sq"][2])
         )
     assert optimizer.state[SCALES]["steps"].tolist() == [1, 1, 1]  # reset_scales' job
