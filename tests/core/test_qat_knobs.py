@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 
+from qat.cell import run_name
 from qat.config import ModelConfig, OptimConfig, QuantConfig, RunConfig
 from qat.engine import QatSwitch
 from qat.engine.packed.optimizer import PackedAdamW
@@ -49,6 +50,12 @@ def test_set_knobs_change_the_run_key_but_not_the_trunk():
     reset = RunConfig.from_dict(tree(optim={"qat_reset_moments": True}))
     assert len({base.run_key, lower.run_key, reset.run_key}) == 3
     assert trunk_key(base) == trunk_key(lower) == trunk_key(reset)  # one FP trunk for all
+    names = [run_name(c) for c in (base, lower, reset)]
+    assert names == [
+        "nano-b4-f0.3-t2e+06",
+        "nano-b4-f0.3-qlr0.3-t2e+06",
+        "nano-b4-f0.3-reset-t2e+06",
+    ]
 
 
 def test_an_fp_only_cell_ignores_them():
