@@ -97,3 +97,9 @@ mini: setup  ## mini-reproduction summary of MINI_CSV into MINI_OUT (summary.md/
 
 clean:  ## remove run folders, Hydra outputs and the local MLflow store (not .venv or data)
 	rm -rf runs outputs multirun mlflow.db mlflow.db.lock mlruns mlartifacts
+
+REPRO_CSV ?= results/repro/runs.csv
+REPRO_OUT ?= results/repro
+.PHONY: repro-report
+repro-report: setup  ## reproduction report of REPRO_CSV into REPRO_OUT (anchored law, f*, noise, advice)
+	$(BIN)/python -m analysis.repro --runs $(REPRO_CSV) --out $(REPRO_OUT)

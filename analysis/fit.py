@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -31,19 +31,25 @@ _MAXITER = 2000
 # ranks basins); the best few end points are then polished to a tight one. This halves the cost of
 # thousands of starts without changing which basin wins.
 _SCREEN = {"ftol": 1e-5, "gtol": 1e-5}
-_POLISH = {"ftol": 1e-12, "gtol": 1e-9}
+POLISH = {"ftol": 1e-12, "gtol": 1e-9}
 _N_POLISH = 8
 
 
 @dataclass
 class FitResult:
-    """The fitted law plus what a report needs: residuals, dropped rows, per-start objectives."""
+    """The fitted law plus what a report needs: residuals, dropped rows, per-start objectives.
+
+    `problem` and `best_centred` let a caller refit resamples warm-started at the optimum
+    (`analysis.anchored_fit` does, for its two-stage bootstrap).
+    """
 
     fitted: FittedLaw
     residuals: pd.DataFrame
     dropped: dict[str, int]
     start_objectives: np.ndarray
     bootstrap_params: pd.DataFrame | None
+    problem: Problem | None = None
+    best_centred: np.ndarray | None = None
 
 
 def select_rows(law: Law, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -118,24 +124,45 @@ def make_starts(law: Law, n: int | None = None, seed: int = 0) -> np.ndarray:
     return lo + u * (hi - lo)
 
 
-def _one_blas_thread():
+def one_blas_thread():
     # L-BFGS-B's tiny BLAS calls are 5-10x slower when OpenBLAS wakes its thread pool for each;
     # we parallelise over starts instead.
     return threadpool_limits(limits=1, user_api="blas")
 
 
 @dataclass(frozen=True)
-class _Problem:
-    """What every worker needs: the law and the centred data."""
+class Problem:
+    """What every worker needs: the law and the centred data.
+
+    `pinned` holds parameters fixed at centred values (index, value): their bounds collapse to
+    the value, which L-BFGS-B treats as a constant.
+    """
 
     law_name: str
     Zc: np.ndarray  # features minus their mean over the fitted rows
     y: np.ndarray  # observed log-loss
     delta: float
+    mu: np.ndarray  # the mean the features were centred at
+    pinned: tuple[tuple[int, float], ...] = ()
 
-    def minimise(self, xc0: np.ndarray, tol: dict, rows: np.ndarray | None = None):
+    def bounds(
+        self, pinned: tuple[tuple[int, float], ...] | None = None
+    ) -> list[tuple[float, float]]:
+        """The centred bounds, with the pinned parameters (default: this problem's) collapsed."""
+        bounds = get_law(self.law_name).centred_bounds()
+        for i, v in self.pinned if pinned is None else pinned:
+            bounds[i] = (v, v)
+        return bounds
+
+    def minimise(
+        self,
+        xc0: np.ndarray,
+        tol: dict,
+        rows: np.ndarray | None = None,
+        pinned: tuple[tuple[int, float], ...] | None = None,
+    ):
         law = get_law(self.law_name)
-        bounds = law.centred_bounds()
+        bounds = self.bounds(pinned)
         lo, hi = np.array(bounds).T
         Zc, y = (self.Zc, self.y) if rows is None else (self.Zc[rows], self.y[rows])
         return minimize(
@@ -149,21 +176,21 @@ class _Problem:
         )
 
 
-def _starts_chunk(problem: _Problem, tol: dict, starts: np.ndarray):
+def _starts_chunk(problem: Problem, tol: dict, starts: np.ndarray):
     """Worker: an L-BFGS-B run per start to tolerance `tol`; returns (objectives, end points)."""
-    with _one_blas_thread():
+    with one_blas_thread():
         res = [problem.minimise(x0, tol) for x0 in starts]
     objs = np.array([r.fun if np.isfinite(r.fun) else np.inf for r in res])
     return objs, np.array([r.x for r in res])
 
 
-def _bootstrap_chunk(problem: _Problem, x0: np.ndarray, samples: np.ndarray):
+def _bootstrap_chunk(problem: Problem, x0: np.ndarray, samples: np.ndarray):
     """Worker: refit each resample of the rows, warm-started at the full-data optimum."""
-    with _one_blas_thread():
-        return np.array([problem.minimise(x0, _POLISH, idx).x for idx in samples])
+    with one_blas_thread():
+        return np.array([problem.minimise(x0, POLISH, idx).x for idx in samples])
 
 
-def _run_chunks(
+def run_chunks(
     fn: Callable, args: tuple, items: np.ndarray, workers: int, desc: str, progress: bool
 ) -> list:
     """Apply `fn(*args, chunk)` to chunks of `items` on `workers` processes, in order."""
@@ -185,6 +212,27 @@ def _run_chunks(
     return out
 
 
+def at_bounds(problem: Problem, xc: np.ndarray, tol: float = 1e-6) -> list[str]:
+    """Free parameters whose centred value sits on a bound of the fit: the data did not decide
+    them, the bound did. For a coefficient the bound is its term's value at the data's centre."""
+    law = get_law(problem.law_name)
+    pinned = {i for i, _ in problem.pinned}
+    out = []
+    for i, (name, (lo, hi)) in enumerate(zip(law.param_names, law.centred_bounds(), strict=True)):
+        if i not in pinned and min(abs(xc[i] - lo), abs(xc[i] - hi)) <= tol * (1 + abs(xc[i])):
+            out.append(name)
+    return out
+
+
+def pin(law: Law, fixed: Mapping[str, float], x: np.ndarray) -> np.ndarray:
+    """Internal vector `x` with the `fixed` parameters (natural units) put in."""
+    x = np.array(x, dtype=float)
+    internal = law.to_internal({**law.from_internal(x), **fixed})
+    idx = [law.param_names.index(n) for n in fixed]
+    x[idx] = internal[idx]
+    return x
+
+
 def r2_score(observed: np.ndarray, predicted: np.ndarray) -> float:
     """Coefficient of determination of the loss (natural units); nan for fewer than 2 points."""
     observed = np.asarray(observed, dtype=float)
@@ -204,12 +252,14 @@ def fit(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = False,
+    fixed: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Fit `law` to a runs table (see `analysis.collect`) and report R², residuals and CIs.
 
     `starts`: None = the law's default starts (chinchilla: the 4,500-point grid; qat: 1,000 Latin-
     hypercube points). `bootstrap`: resamples for 95% percentile intervals (0 = none).
-    `workers`: processes (default: all CPUs).
+    `workers`: processes (default: all CPUs). `fixed`: parameters (natural units) held at the
+    given values, e.g. the Chinchilla part of the qat law fitted on FP runs first.
     """
     law = get_law(law) if isinstance(law, str) else law
     if not delta > 0:
@@ -231,15 +281,32 @@ def fit(
     Z = law.features(used.N, used.D_fp, used.D_qat, used.B)
     y = np.log(used.loss.to_numpy())
     mu = Z.mean(axis=0)
-    problem = _Problem(law.name, Z - mu, y, delta)
-
+    fixed = dict(fixed or {})
+    unknown = sorted(set(fixed) - set(law.param_names))
+    if unknown:
+        raise AnalysisError(f"fixed parameters {unknown} are not parameters of the {law.name} law")
+    for t in law.terms:
+        # A term's centred coefficient folds in its exponents: pinned alone it would drift.
+        if t.coef in fixed and any(e not in fixed for e, _ in t.powers):
+            raise AnalysisError(
+                f"fixed {t.coef!r} needs its exponents {[e for e, _ in t.powers]} fixed too"
+            )
     x0s = make_starts(law, starts, seed)
+    if fixed:
+        x0s = np.array([pin(law, fixed, x0) for x0 in x0s])
+    # Pinned at the centred values of the fixed parameters (the same in every start).
+    xc_fixed = law.center(x0s[0], mu)
+    pinned = tuple(
+        (law.param_names.index(n), float(xc_fixed[law.param_names.index(n)])) for n in fixed
+    )
+    problem = Problem(law.name, Z - mu, y, delta, mu, pinned)
+
     xc0s = np.array([law.center(x0, mu) for x0 in x0s])
-    parts = _run_chunks(_starts_chunk, (problem, _SCREEN), xc0s, workers, "starts", progress)
+    parts = run_chunks(_starts_chunk, (problem, _SCREEN), xc0s, workers, "starts", progress)
     objs = np.concatenate([p[0] for p in parts])
     ends = np.concatenate([p[1] for p in parts])
     top = ends[np.argsort(objs)[:_N_POLISH]]
-    parts = _run_chunks(_starts_chunk, (problem, _POLISH), top, workers, "polish", progress)
+    parts = run_chunks(_starts_chunk, (problem, POLISH), top, workers, "polish", progress)
     polished = np.concatenate([p[0] for p in parts])
     best_i = int(np.argmin(polished))
     best_obj, best_xc = float(polished[best_i]), np.concatenate([p[1] for p in parts])[best_i]
@@ -260,7 +327,7 @@ def fit(
         rng = np.random.default_rng(seed)
         samples = rng.integers(0, len(y), size=(bootstrap, len(y)))
         args = (problem, best_xc)
-        parts = _run_chunks(_bootstrap_chunk, args, samples, workers, "bootstrap", progress)
+        parts = run_chunks(_bootstrap_chunk, args, samples, workers, "bootstrap", progress)
         boot = pd.DataFrame([law.from_internal(law.uncenter(x, mu)) for p in parts for x in p])
         ci = {n: (float(boot[n].quantile(0.025)), float(boot[n].quantile(0.975))) for n in boot}
 
@@ -274,6 +341,8 @@ def fit(
         "bootstrap": bootstrap,
         "seed": seed,
         "dropped_rows": dropped,
+        "fixed": sorted(fixed),
+        "at_bounds": at_bounds(problem, best_xc),
     }
     fitted = FittedLaw(
         law=law,
@@ -284,4 +353,4 @@ def fit(
         settings=settings,
         ci=ci,
     )
-    return FitResult(fitted, residuals, dropped, objs, boot)
+    return FitResult(fitted, residuals, dropped, objs, boot, problem, best_xc)

@@ -10,6 +10,7 @@ Fused-against-classic statistics are in `analysis.fusion_stats`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal, NotRequired, TypedDict
 
 import numpy as np
@@ -151,12 +152,16 @@ def fit_quality(result: FitResult) -> FitQuality:
 
 
 def held_out(
-    runs: pd.DataFrame, size: float | None = None, **fit_kwargs: Any
+    runs: pd.DataFrame,
+    size: float | None = None,
+    fitter: Callable[[pd.DataFrame], FittedLaw] | None = None,
+    **fit_kwargs: Any,
 ) -> HeldOut | Unavailable:
     """Refit the qat law without one model size (default: the largest) and score it on that
     size's classic QAT cells: R² and relative errors, overall and per bit width.
 
-    `fit_kwargs` go to `analysis.fit.fit` (starts, seed, workers, ...).
+    `fitter` refits a runs table (default: `analysis.fit.fit` of the qat law with `fit_kwargs`:
+    starts, seed, workers, ...); every run of the held-out size leaves, FP runs included.
     """
     classic = qat_rows(runs, False)
     sizes = sorted(classic.N.unique())
@@ -167,7 +172,7 @@ def held_out(
         return unavailable(f"no classic QAT runs at N = {n_out:.4g}")
     train = runs[~np.isclose(runs.N, n_out)]
     try:
-        refit = fit(train, "qat", **fit_kwargs).fitted
+        refit = fitter(train) if fitter else fit(train, "qat", **fit_kwargs).fitted
     except AnalysisError as e:
         return unavailable(f"the refit without N = {n_out:.4g} failed: {e}")
     test = classic[np.isclose(classic.N, n_out)]
@@ -285,6 +290,8 @@ class WasteByBits(TypedDict):
     law_wasted_pct_mean: float
     law_wasted_pct_min: float
     law_wasted_pct_max: float
+    law_wasted_pct_median: float
+    law_unreachable: int
     runs_cells: int
     runs_gap_mean: NotRequired[float]
     runs_gap_pct_mean: NotRequired[float]
@@ -369,6 +376,10 @@ def wasted_compute(
             "law_wasted_pct_mean": float(law.mean()),
             "law_wasted_pct_min": float(law.min()),
             "law_wasted_pct_max": float(law.max()),
+            # The median and the count of cells where `frac` never reaches the optimum's loss
+            # (wasted = inf, which makes the mean and max inf too).
+            "law_wasted_pct_median": float(law.median()),
+            "law_unreachable": int(np.isinf(law).sum()),
             "runs_cells": len(emp),
         }
         if len(emp):

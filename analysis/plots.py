@@ -22,14 +22,15 @@ LOSS = "loss (nats/token)"
 S_TOTAL = "tokens per parameter byte S_total = D_total / (N·B/8) (tokens/byte)"
 
 
-def save(fig: Figure, stem: str | Path) -> list[Path]:
-    """Write `stem`.png and `stem`.pdf; returns both paths."""
+def save(fig: Figure, stem: str | Path, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+    """Write `stem`.png and `stem`.pdf (or the given `formats`); returns the paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [stem.with_suffix(f".{f}") for f in formats]
     for p in paths:
-        # No creation date in the PDF: the same figure gives the same bytes (reproducible files).
-        meta = {"CreationDate": None} if p.suffix == ".pdf" else None
+        # No creation date in the PDF and no version stamp in the PNG: the same figure gives
+        # the same bytes (reproducible files, whatever matplotlib wrote them).
+        meta = {"CreationDate": None} if p.suffix == ".pdf" else {"Software": None}
         fig.savefig(p, dpi=150, bbox_inches="tight", metadata=meta)
     return paths
 
@@ -235,6 +236,46 @@ def best_bits(table: pd.DataFrame) -> Figure:
         xlabel="memory budget M (bytes of weights, N = 8M/B)",
         ylabel="best bit width B (bits)",
         title="Loss-optimal bit width under a memory budget",
+    )
+    ax.legend(fontsize=7)
+    return fig
+
+
+def optima_with_intervals(
+    cells: pd.DataFrame, a_fit: float | None = None, a_ci: tuple[float, float] | None = None
+) -> Figure:
+    """The runs' f* per cell against S_total with 95% intervals, one colour per bit width;
+    censored cells (f* at a grid edge) hollow; the predictor at the paper's a and the fitted a
+    (band: a's interval). `cells`: `analysis.optima.CellOptima.cells`."""
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
+    colors = _palette(cells.B)
+    for b, g in cells.groupby("B"):
+        err = np.vstack([g.f_star - g.f_lo, g.f_hi - g.f_star]).clip(min=0)
+        ax.errorbar(g.S_total, g.f_star, yerr=err, fmt="none", ecolor=colors[b], alpha=0.5, lw=1)
+        cens = g.censored != ""
+        ax.scatter(g.S_total[~cens], g.f_star[~cens], color=colors[b], s=22, label=_bits_label(b))
+        ax.scatter(g.S_total[cens], g.f_star[cens], facecolors="none", edgecolors=colors[b], s=26)
+    s_lo, s_hi = max(float(cells.S_total.min()) / 1.5, 2.0), float(cells.S_total.max()) * 1.5
+    S = np.geomspace(s_lo, max(s_hi, 2 * s_lo), 200)
+    ax.plot(S, predicted_fraction(S, PAPER_A), color="black", lw=1.5, label=f"paper a = {PAPER_A}")
+    if a_fit is not None:
+        ax.plot(
+            S,
+            predicted_fraction(S, a_fit),
+            color="crimson",
+            ls="--",
+            label=f"fitted a = {a_fit:.3g}",
+        )
+        if a_ci is not None:
+            lo, hi = (predicted_fraction(S, a) for a in a_ci)
+            ax.fill_between(S, hi, lo, color="crimson", alpha=0.12, lw=0)
+    ax.set_xscale("log")
+    ax.set(
+        xlabel=S_TOTAL,
+        ylabel="optimal QAT fraction f* (95% interval)",
+        ylim=(0, 1),
+        title="Runs' optimal QAT fraction (hollow: at the grid's edge)",
     )
     ax.legend(fontsize=7)
     return fig

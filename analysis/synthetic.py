@@ -111,6 +111,40 @@ def fused_grid(
     return df
 
 
+def seeded_grid(
+    params: Mapping[str, float] = TRUE_QAT_PARAMS,
+    sizes: Sequence[float] = SIZES,
+    bits: Sequence[float] = BITS,
+    tokens_per_param: Sequence[float] = TOKENS_PER_PARAM,
+    fractions: Sequence[float] = FRACTIONS,
+    seeds: Sequence[int] = (0, 1),
+    seed_shift: float = 0.004,
+    noise: float = 0.001,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """`qat_grid` (with its FP rows) repeated per training seed, noised the way seeds act.
+
+    A training seed shifts every run that shares its FP trunk, all bit widths and fractions of one
+    (N, D_total), by a common relative amount (`seed_shift`); each run adds its own `noise` on
+    top. Classic rows carry `fp_loss`, the FP model's loss at (N, D_fp) (the end of the FP phase,
+    shared by every bit width of one seed), as a trainer's runs table does.
+    """
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in seeds:
+        df = qat_grid(params, sizes, bits, tokens_per_param, fractions, noise=0.0)
+        df["seed"] = s
+        cell = df.groupby(["N", "D_total"]).ngroup().to_numpy()
+        shift = np.exp(rng.normal(0.0, seed_shift, size=cell.max() + 1))[cell]
+        df["loss"] = _noisy(df["loss"].to_numpy() * shift, noise, rng)
+        fp = CHINCHILLA.loss(QAT.fp_part(params), df.N, df.D_fp, 0.0, FP_BITS) * shift
+        trunk = df.groupby(["N", "D_fp"]).ngroup().to_numpy()
+        fp_noise = np.exp(rng.normal(0.0, noise, size=trunk.max() + 1))[trunk]
+        df["fp_loss"] = np.where(df.B < FP_BITS, fp * fp_noise, df["loss"])
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
 def chinchilla_grid(
     params: Mapping[str, float] = CHINCHILLA_PARAMS,
     sizes: Sequence[float] = (4e7, 1e8, 3e8, 1e9, 3e9, 1e10),

@@ -288,4 +288,9 @@ def _plain(value: object) -> object:
 def run_name(config: RunConfig) -> str:
     bits = "fp" if config.is_fp_only else f"b{config.bits:g}"
     fusion = "-fused" if config.fusion and not config.is_fp_only else ""
-    return f"{config.model.name}-{bits}-f{config.qat_frac:g}{fusion}-t{config.tokens:.3g}"
+    # The QAT-phase variants of one cell would otherwise share its name in the MLflow UI.
+    ratio = config.schedule.qat_lr_ratio
+    lr = f"-qlr{ratio:g}" if ratio != 1.0 and not config.is_fp_only else ""
+    reset = "-reset" if config.optim.qat_reset_moments and not config.is_fp_only else ""
+    name = f"{config.model.name}-{bits}-f{config.qat_frac:g}{fusion}{lr}{reset}"
+    return f"{name}-t{config.tokens:.3g}"

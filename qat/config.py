@@ -17,6 +17,14 @@ from qat.units import parse_count
 
 ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 FP_BITS = 16.0
+DEFAULT_TOKENS = 2_000_000  # the budget when neither tokens nor tokens_per_param is set
+# Knobs added after runs were recorded: at these values they stay out of the run key, so every
+# cell recorded before them keeps its key (and a grid re-run skips it).
+KEY_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "schedule": {"qat_lr_ratio": 1.0},
+    "optim": {"qat_reset_moments": False},
+    "quant": {"embeddings": False},
+}
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,17 @@ class ModelConfig:
     rope_theta: float = 10000.0
     init_std: float = 0.02
     tie_embeddings: bool = True
+
+    def non_embedding_params(self) -> int:
+        """N of the scaling law, from the shape alone: what qat.model.count_parameters counts
+        on the built Transformer (attention, SwiGLU and norm weights; no embedding or head), so
+        a budget in tokens per parameter resolves without building the model."""
+        head_dim = self.dim // self.n_heads
+        kv_dim = (self.n_kv_heads or self.n_heads) * head_dim
+        attention = 2 * self.dim * self.dim + 2 * self.dim * kv_dim  # wq, wo; wk, wv
+        feed_forward = 3 * self.dim * self.ffn_dim
+        norms = 2 * self.dim
+        return self.n_layers * (attention + feed_forward + norms) + self.dim  # + final norm
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,8 @@ class QuantConfig:
     kernel: str = "auto"  # auto | cuda | reference; not part of the run key (same math)
     exclude: tuple[str, ...] = ("tok_embeddings", "output")
     scale_lr_mult: float = 1.0
+    # true: the embedding and LM head are fake-quantized too, at max(bits, 4) (qat.quant.embedding)
+    embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,7 @@ class ScheduleConfig:
     cooldown_frac: float = 0.2
     cooldown_shape: str = "linear"  # linear | cosine | sqrt
     min_lr_ratio: float = 0.0
+    qat_lr_ratio: float = 1.0  # the QAT phase's peak learning rate, as a multiple of optim.lr
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,9 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    # true: the weights' Adam moments (and step counts) start afresh at the QAT switch, as if
+    # QAT were a new run from the FP weights; false keeps what the FP phase learned.
+    qat_reset_moments: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +137,7 @@ class TrackingConfig:
 class RunConfig:
     bits: float
     qat_frac: float
-    tokens: int
+    tokens: int  # resolved: tokens_per_param × N when the budget was given per parameter
     fusion: bool
     seed: int
     model: ModelConfig
@@ -126,6 +151,9 @@ class RunConfig:
     run_dir: str = "runs"
     trunk: str = "share"  # share: branch from a shared FP trunk checkpoint; off: train it all
     # (the YAML default "auto" resolves to share for trainer=torch and off for deepspeed)
+    # The budget as given, when in tokens per non-embedding parameter (None: tokens was given).
+    # Only ``tokens`` enters the run key: the same budget reached either way is the same cell.
+    tokens_per_param: float | None = None
 
     @property
     def is_fp_only(self) -> bool:
@@ -154,11 +182,12 @@ class RunConfig:
             kwargs[key] = _build_section(section_cls, key, tree.pop(key))
         if "init" in kwargs and kwargs["init"].pretrained:
             kwargs.update(_pretrained_shape(kwargs["init"], kwargs["data"]))
-        for key in ("bits", "qat_frac", "tokens", "fusion", "seed"):
+        for key in ("bits", "qat_frac", "fusion", "seed"):
             if key not in tree:
                 raise ConfigError(f"config is missing the top-level key '{key}'")
+        tokens_per_param = _parse_tokens_per_param(tree.pop("tokens_per_param", None))
         qat_frac = _parse_fraction(tree.pop("qat_frac"))
-        tokens = parse_count(tree.pop("tokens"), "tokens")
+        tokens = _resolve_tokens(tree.pop("tokens", None), tokens_per_param, kwargs["model"])
         if "init" in kwargs and kwargs["init"].pretrained:
             # Pretrained: `tokens` are all QAT (D_qat), after init.tokens of FP (D_fp).
             qat_frac = tokens / (max(kwargs["init"].tokens, 0) + tokens)
@@ -166,6 +195,7 @@ class RunConfig:
             bits=_parse_bits(tree.pop("bits")),
             qat_frac=qat_frac,
             tokens=tokens,
+            tokens_per_param=tokens_per_param,
             fusion=_parse_bool(tree.pop("fusion"), "fusion"),
             seed=_parse_int(tree.pop("seed"), "seed"),
             run_dir=str(tree.pop("run_dir", "runs")),
@@ -192,9 +222,12 @@ class RunConfig:
         _require(d.batch_size > 0, f"data.batch_size={d.batch_size} > 0")
         _require(d.eval_tokens >= d.seq_len, f"data.eval_tokens={d.eval_tokens} >= data.seq_len")
         tokens_per_step = d.seq_len * d.batch_size
+        budget = f"tokens={self.tokens}"
+        if self.tokens_per_param is not None:
+            budget += f" (tokens_per_param={self.tokens_per_param:g} × N of model '{m.name}')"
         _require(
             self.tokens >= 4 * tokens_per_step,
-            f"tokens={self.tokens} >= 4 optimizer steps of {tokens_per_step} tokens",
+            f"{budget} >= 4 optimizer steps of {tokens_per_step} tokens",
         )
         _require(s.name == "wsd", f"schedule.name={s.name!r} is one of: wsd")
         _require(s.warmup_tokens >= 0, f"schedule.warmup_tokens={s.warmup_tokens} >= 0")
@@ -206,6 +239,7 @@ class RunConfig:
             f"schedule.cooldown_shape={s.cooldown_shape!r} is one of: linear, cosine, sqrt",
         )
         _require(0.0 <= s.min_lr_ratio <= 1.0, f"schedule.min_lr_ratio={s.min_lr_ratio} in [0, 1]")
+        _require(s.qat_lr_ratio > 0, f"schedule.qat_lr_ratio={s.qat_lr_ratio} > 0")
         _require(self.trunk in ("share", "off"), f"trunk={self.trunk!r} is one of: share, off")
         _require(o.name == "adamw", f"optim.name={o.name!r} is one of: adamw")
         _require(o.lr > 0, f"optim.lr={o.lr} > 0")
@@ -218,6 +252,11 @@ class RunConfig:
         _require(t.zero_stage in (0, 1, 2), f"trainer.zero_stage={t.zero_stage} is one of 0, 1, 2")
         _require(t.grad_accum >= 1, f"trainer.grad_accum={t.grad_accum} >= 1")
         _require(t.pack_size >= 0, f"trainer.pack_size={t.pack_size} >= 0 (0: fit the memory)")
+        # The packed forward quantizes the body's linears only; its tied table stays FP.
+        _require(
+            not (t.backend == "packed" and self.quant.embeddings),
+            "quant.embeddings=false with trainer=packed (use trainer=torch)",
+        )
         if t.backend in ("torch", "packed"):
             _require(
                 t.grad_accum == 1, f"trainer.grad_accum=1 with trainer={t.backend} (use deepspeed)"
@@ -226,6 +265,10 @@ class RunConfig:
             # A trunk is extended by whichever single process needs it first; a multi-process
             # cell cannot hand that job to one rank, so DeepSpeed cells train their own prefix.
             _require(self.trunk == "off", "trunk=off (or auto) with trainer=deepspeed")
+            # ZeRO keeps the moments in its own partitions; resetting them is not implemented.
+            _require(
+                not o.qat_reset_moments, "optim.qat_reset_moments=false with trainer=deepspeed"
+            )
             _require(not t.compile, "trainer.compile=false with trainer=deepspeed")
         _require(
             t.precision in ("auto", "fp32", "bf16"),
@@ -255,9 +298,9 @@ class RunConfig:
         return {
             "model": dataclasses.asdict(self.model),
             "data": data,
-            "quant": quant if not self.is_fp_only else None,
-            "schedule": dataclasses.asdict(self.schedule),
-            "optim": dataclasses.asdict(self.optim),
+            "quant": self._keyed("quant", quant) if not self.is_fp_only else None,
+            "schedule": self._keyed("schedule", dataclasses.asdict(self.schedule)),
+            "optim": self._keyed("optim", dataclasses.asdict(self.optim)),
             "tokens": self.tokens,
             "qat_frac": self.qat_frac if not self.is_fp_only else 0.0,
             "bits": self.bits,
@@ -268,6 +311,16 @@ class RunConfig:
             "precision": self.trainer.precision,
             # Only when set, so that the keys of cells trained from scratch stay as they were.
             **({"init": dataclasses.asdict(self.init)} if self.init.pretrained else {}),
+        }
+
+    def _keyed(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` without the knobs of KEY_NEUTRAL_DEFAULTS at their defaults; all of them
+        dropped for an FP-only cell, which has no QAT phase for them to change."""
+        neutral = KEY_NEUTRAL_DEFAULTS[section]
+        return {
+            k: v
+            for k, v in values.items()
+            if k not in neutral or (v != neutral[k] and not self.is_fp_only)
         }
 
     @property
@@ -328,6 +381,33 @@ def _build_section(section_cls: type, key: str, values: Any) -> Any:
         return section_cls(**coerced)
     except TypeError as error:
         raise ConfigError(f"config group '{key}': {error}") from None
+
+
+def _parse_tokens_per_param(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        ratio = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        ratio = float("nan")
+    if not 0.0 < ratio < float("inf"):
+        raise ConfigError(
+            f"tokens_per_param={value!r} must be a positive number (tokens per parameter)"
+        )
+    return ratio
+
+
+def _resolve_tokens(value: Any, tokens_per_param: float | None, model: ModelConfig) -> int:
+    """The budget D_total: ``tokens`` as given, or tokens_per_param × N, or DEFAULT_TOKENS when
+    neither is set (conf/config.yaml leaves both null, so a grid may set either)."""
+    if tokens_per_param is None:
+        return DEFAULT_TOKENS if value is None else parse_count(value, "tokens")
+    if value is not None:
+        raise ConfigError(
+            f"tokens={value!r} and tokens_per_param={tokens_per_param:g} are both set; "
+            "set one of them (the other null)"
+        )
+    return round(tokens_per_param * model.non_embedding_params())
 
 
 def _resolve_trunk(value: Any, trainer: TrainerConfig | None, init: InitConfig | None) -> str:

@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--deadline", type=float, default=None, help="seconds, then stop")
     parser.add_argument("--log-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
+    # Intermixed: options may come before, between or after the Hydra overrides.
+    args = parser.parse_intermixed_args(argv)
     packed = "trainer=packed" in args.overrides
     if args.workers_per_gpu is None:
         args.workers_per_gpu = 1 if packed else 4

@@ -94,7 +94,8 @@ class LrSchedule:
             warmup = warmup_steps(cfg, plan.tokens_per_step)
             return self._phase(step, plan.fp_steps, warmup, self.fp_decays)
         warmup = 0 if plan.fusion else math.ceil(cfg.qat_warmup_frac * plan.qat_steps)
-        return self._phase(step - plan.fp_steps, plan.qat_steps, warmup, decays=True)
+        phase = self._phase(step - plan.fp_steps, plan.qat_steps, warmup, decays=True)
+        return cfg.qat_lr_ratio * phase
 
     def _cooldown_steps(self, length: int) -> int:
         return math.ceil(self.config.cooldown_frac * length)

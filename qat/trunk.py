@@ -14,11 +14,13 @@ def trunk_science(config: RunConfig) -> dict:
     """What shapes the stable FP phase: the trunk key's input."""
     data = asdict(config.data)
     data.pop("cache_dir")
+    optim = asdict(config.optim)
+    optim.pop("qat_reset_moments")  # acts at the QAT switch, after the branch point
     tokens_per_step = config.data.batch_size * config.data.seq_len
     return {
         "model": asdict(config.model),
         "data": data,
-        "optim": asdict(config.optim),
+        "optim": optim,
         "warmup_steps": warmup_steps(config.schedule, tokens_per_step),
         "seed": config.seed,
         "precision": config.trainer.precision,

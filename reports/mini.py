@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from analysis.collect import read_table
@@ -50,6 +48,7 @@ from analysis.grid_stats import (
 )
 from analysis.law import bits_key
 from analysis.predict import PAPER_A, predicted_fraction
+from analysis.repro_md import num, plain, table
 
 log = logging.getLogger("reports.mini")
 
@@ -71,34 +70,8 @@ def summarize(
     }
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, nan/inf to None, keys to strings."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _num(v: Any, fmt: str = ".4f") -> str:
-    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
-
-
 def _pct(v: Any) -> str:
-    return _num(None if v is None else 100 * v, ".3f")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join("---" for _ in header) + " |",
-        *("| " + " | ".join(r) + " |" for r in rows),
-        "",
-    ]
+    return num(None if v is None else 100 * v, ".3f")
 
 
 def _md_fit(s: dict) -> list[str]:
@@ -106,24 +79,24 @@ def _md_fit(s: dict) -> list[str]:
     lines = [
         "## 1. Law fit (classic cells)",
         "",
-        f"- {f['n_points']} classic QAT cells fitted; R² = {_num(f['r2'], '.5f')}, mean relative "
+        f"- {f['n_points']} classic QAT cells fitted; R² = {num(f['r2'], '.5f')}, mean relative "
         f"error {_pct(f['mean_rel_error'])}% (max {_pct(f['max_rel_error'])}%)",
         f"- dropped: {f['dropped_rows'] or 'none'}",
         "",
-        *_table(["bits", "R²"], [[k, _num(v, ".5f")] for k, v in f["r2_by_bits"].items()]),
+        *table(["bits", "R²"], [[k, num(v, ".5f")] for k, v in f["r2_by_bits"].items()]),
     ]
     if not h["available"]:
         return [*lines, f"Held out: not available ({h['why']}).", ""]
     lines += [
         f"Held out: refit without N = {h['held_out_N']:.4g} ({h['train_points']} cells, "
-        f"R² = {_num(h['train_r2'], '.5f')}), predicting its {h['test_points']} cells: "
-        f"R² = {_num(h['r2'], '.5f')}, mean relative error "
+        f"R² = {num(h['train_r2'], '.5f')}), predicting its {h['test_points']} cells: "
+        f"R² = {num(h['r2'], '.5f')}, mean relative error "
         f"{_pct(h['mean_rel_error'])}% (max {_pct(h['max_rel_error'])}%).",
         "",
-        *_table(
+        *table(
             ["bits", "held-out R²", "mean rel. error (%)"],
             [
-                [k, _num(v["r2"], ".4f"), _num(100 * v["mean_rel_error"], ".3f")]
+                [k, num(v["r2"], ".4f"), num(100 * v["mean_rel_error"], ".3f")]
                 for k, v in h["by_bits"].items()
             ],
         ),
@@ -182,7 +155,7 @@ def _md_fraction(s: dict) -> list[str]:
     ]
     return [
         *lines,
-        *_table(
+        *table(
             ["N", "D_total", "bits", "S_total", "f* runs", "f* law", f"f̂(S), a = {PAPER_A}"], rows
         ),
     ]
@@ -206,14 +179,14 @@ def _md_waste(s: dict) -> list[str]:
         [
             k,
             str(e["cells"]),
-            _num(e.get("law_optimal_frac_mean"), ".3f"),
-            f"{_num(e.get('law_wasted_pct_mean'), '.2f')} "
-            f"[{_num(e.get('law_wasted_pct_min'), '.2f')}, "
-            f"{_num(e.get('law_wasted_pct_max'), '.2f')}]",
+            num(e.get("law_optimal_frac_mean"), ".3f"),
+            f"{num(e.get('law_wasted_pct_mean'), '.2f')} "
+            f"[{num(e.get('law_wasted_pct_min'), '.2f')}, "
+            f"{num(e.get('law_wasted_pct_max'), '.2f')}]",
             str(e["runs_cells"]),
-            _num(e.get("runs_gap_mean"), ".4f"),
-            _num(e.get("runs_gap_pct_mean"), ".3f"),
-            _num(e.get("runs_wasted_pct_mean"), ".2f"),
+            num(e.get("runs_gap_mean"), ".4f"),
+            num(e.get("runs_gap_pct_mean"), ".3f"),
+            num(e.get("runs_wasted_pct_mean"), ".2f"),
             str(e.get("runs_frac_is_best", "–")),
         ]
         for k, e in w["by_bits"].items()
@@ -229,7 +202,7 @@ def _md_waste(s: dict) -> list[str]:
         "runs' waste %",
         f"cells where {f:g} is best",
     ]
-    return [*lines, *_table(header, rows)]
+    return [*lines, *table(header, rows)]
 
 
 def _md_fusion(s: dict) -> list[str]:
@@ -249,10 +222,10 @@ def _md_fusion(s: dict) -> list[str]:
             k,
             str(e["cells"]),
             f"{e['mean_diff']:+.4f}",
-            _num(e["std_err"], ".4f"),
+            num(e["std_err"], ".4f"),
             f"{e['mean_rel_diff_pct']:+.3f}",
             f"{e['fused_wins']}/{e['cells']}",
-            _num(e["tokens_saved_pct_mean"], "+.2f"),
+            num(e["tokens_saved_pct_mean"], "+.2f"),
             e["verdict"],
             "yes" if e["matches_paper"] else "no",
         ]
@@ -269,7 +242,7 @@ def _md_fusion(s: dict) -> list[str]:
         "verdict",
         "matches paper",
     ]
-    return [*lines, *_table(header, rows)]
+    return [*lines, *table(header, rows)]
 
 
 def render_markdown(s: dict) -> str:
@@ -303,11 +276,11 @@ def render_markdown(s: dict) -> str:
 def write_summary(summary: dict, out: Path) -> list[Path]:
     """DIR/summary.json and DIR/summary.md."""
     out.mkdir(parents=True, exist_ok=True)
-    plain = _plain(summary)
+    data = plain(summary)
     js = out / "summary.json"
-    js.write_text(json.dumps(plain, indent=2, ensure_ascii=False, allow_nan=False) + "\n", "utf-8")
+    js.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", "utf-8")
     md = out / "summary.md"
-    md.write_text(render_markdown(plain), "utf-8")
+    md.write_text(render_markdown(data), "utf-8")
     return [js, md]
 
 

@@ -69,7 +69,7 @@ class Trainer:
         self.plan: PhasePlan = plan_phases(config)
         self.schedule = LrSchedule(self.plan, config.schedule)
         self.data = data
-        self.switch = QatSwitch(config.bits, config.quant)
+        self.switch = QatSwitch(config.bits, config.quant, config.optim.qat_reset_moments)
         torch.manual_seed(config.seed)
         self.model = Transformer(config.model, data.vocab_size).to(self.device)
         if initial_weights is not None:

@@ -21,7 +21,7 @@ from qat.pretrained import load_tokenizer, strip_prefix
 def export_hf(run: FinishedRun, out: Path) -> None:
     """Write ``run``'s final model (fake-quantized weights, dequantized) as a Llama folder."""
     config = run.config
-    state = dequantized_state(run.weights(), config.bits)
+    state = dequantized_state(run.weights(), config)
     vocab_size = int(state["tok_embeddings.weight"].shape[0])
     end_id = Tokenizer.from_file(str(run.tokenizer_path)).token_to_id(run.end_token)
     if end_id is None:

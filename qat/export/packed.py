@@ -29,8 +29,9 @@ from qat.export.errors import ExportError
 from qat.export.packing import TRITS, encoding_name, pack, unpack
 from qat.export.run import FinishedRun
 from qat.export.staging import staged
+from qat.export.weights import layer_format
 from qat.model import Transformer
-from qat.quant import format_for_bits, is_full_precision
+from qat.quant import format_for_bits
 from qat.quant.codes import dequantize, quant_codes
 
 FORMAT = "qat-packed"
@@ -65,7 +66,6 @@ def export_packed(run: FinishedRun, out: Path, ternary: str = TRITS) -> None:
     from safetensors.torch import save_file
 
     config = run.config
-    fmt = None if is_full_precision(config.bits) else format_for_bits(config.bits)
     state = run.weights()
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict[str, Any]] = {}
@@ -75,12 +75,17 @@ def export_packed(run: FinishedRun, out: Path, ternary: str = TRITS) -> None:
             continue  # the token embedding table, stored once
         layer = name[: -len(_WEIGHT)] if name.endswith(_WEIGHT) else None
         if layer in quantized:
-            assert fmt is not None  # scales exist only in quantized runs
+            fmt = layer_format(config, layer)
             codes, alpha = quant_codes(tensor, state[layer + _SCALE], fmt)
             encoding = ternary if fmt.name == "ternary" else encoding_name(int(fmt.bits))
             tensors[layer + _CODES] = pack(codes, encoding)
             tensors[layer + _SCALE] = alpha.contiguous()
-            layers[layer] = {"shape": list(tensor.shape), "format": fmt.name, "encoding": encoding}
+            layers[layer] = {
+                "shape": list(tensor.shape),
+                "bits": fmt.bits,
+                "format": fmt.name,
+                "encoding": encoding,
+            }
         elif not name.endswith(_SCALE):
             tensors[name] = tensor.detach().contiguous()
     info = {
@@ -121,7 +126,7 @@ def load(folder: Path | str) -> Exported:
     for layer, spec in layers.items():
         out_features, in_features = spec["shape"]
         codes = unpack(stored[layer + _CODES], spec["encoding"], out_features * in_features)
-        fmt = format_for_bits(info["bits"])
+        fmt = format_for_bits(spec["bits"])
         weight = dequantize(codes.reshape(out_features, in_features), stored[layer + _SCALE], fmt)
         state[layer + _WEIGHT] = weight
     model_config = ModelConfig(**info["model"])

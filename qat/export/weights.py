@@ -5,20 +5,33 @@ from __future__ import annotations
 
 import torch
 
-from qat.quant import format_for_bits, is_full_precision
+from qat.config import RunConfig
+from qat.quant import QuantFormat, format_for_bits
 from qat.quant.codes import dequantize, quant_codes
+from qat.quant.embedding import embedding_format
 
 SCALE_SUFFIX = ".scale"
+# The layers quant.embeddings=true quantizes at its own, wider format.
+EMBEDDING_LAYERS = ("tok_embeddings", "output")
 
 
-def dequantized_state(state: dict[str, torch.Tensor], bits: float) -> dict[str, torch.Tensor]:
-    if is_full_precision(bits):
-        return {k: v for k, v in state.items() if not k.endswith(SCALE_SUFFIX)}
-    fmt = format_for_bits(bits)
+def layer_format(config: RunConfig, layer: str) -> QuantFormat:
+    """The number format a quantized layer of ``config``'s run was trained in."""
+    if config.quant.embeddings and layer in EMBEDDING_LAYERS:
+        return embedding_format(config.bits)
+    return format_for_bits(config.bits)
+
+
+def dequantized_state(state: dict[str, torch.Tensor], config: RunConfig) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
         if name.endswith(SCALE_SUFFIX):
             continue
-        scale = state.get(name.removesuffix(".weight") + SCALE_SUFFIX)
-        out[name] = tensor if scale is None else dequantize(*quant_codes(tensor, scale, fmt), fmt)
+        layer = name.removesuffix(".weight")
+        scale = state.get(layer + SCALE_SUFFIX)
+        if scale is None:
+            out[name] = tensor
+        else:
+            fmt = layer_format(config, layer)
+            out[name] = dequantize(*quant_codes(tensor, scale, fmt), fmt)
     return out

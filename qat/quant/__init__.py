@@ -1,5 +1,11 @@
 """Quantization-aware training: ParetoQ-family weight fake quantization for Linear layers."""
 
+from qat.quant.embedding import (
+    EMBEDDING_MIN_BITS,
+    QuantEmbedding,
+    embedding_format,
+    quantize_embeddings,
+)
 from qat.quant.errors import QuantConfigError
 from qat.quant.formats import (
     FP_BITS,
@@ -30,14 +36,17 @@ register_cuda_backend()
 
 __all__ = [
     "DEFAULT_EXCLUDE",
+    "EMBEDDING_MIN_BITS",
     "FP_BITS",
     "SCALE_EPS",
     "FakeQuantFunction",
     "QuantConfigError",
+    "QuantEmbedding",
     "QuantFormat",
     "QuantLinear",
     "as_format",
     "check_kernel_name",
+    "embedding_format",
     "fake_quant",
     "format_for_bits",
     "init_scale",
@@ -47,6 +56,7 @@ __all__ = [
     "level_count",
     "levels",
     "quant_parameters",
+    "quantize_embeddings",
     "quantize_model",
     "reference_fake_quant",
     "register_backend",

@@ -7,6 +7,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from qat.quant.embedding import QuantEmbedding
 from qat.quant.errors import QuantConfigError
 from qat.quant.formats import QuantFormat, as_format
 from qat.quant.linear import QuantLinear
@@ -15,6 +16,7 @@ from qat.quant.ops import check_kernel_name
 # Glob patterns (see _excluded): token embeddings and their projections ("tok_embeddings",
 # "embed_tokens"), LM heads ("lm_head", "head"), and torchtitan's output layer ("output").
 DEFAULT_EXCLUDE: tuple[str, ...] = ("*embed*", "*head", "output")
+QUANTIZED = (QuantLinear, QuantEmbedding)  # the modules that own a learned scale
 
 
 def _excluded(name: str, patterns: Sequence[str]) -> bool:
@@ -86,9 +88,11 @@ def quantize_model(
 
 
 def quant_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The learned scales of all QuantLinear modules (to put in the optimizer)."""
-    return [m.scale for m in model.modules() if isinstance(m, QuantLinear)]
+    """The learned scales of all quantized modules (to put in the optimizer), each once: a tied
+    head shares its embedding's."""
+    scales = {id(m.scale): m.scale for m in model.modules() if isinstance(m, QUANTIZED)}
+    return list(scales.values())
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, QuantLinear) for m in model.modules())
+    return any(isinstance(m, QUANTIZED) for m in model.modules())

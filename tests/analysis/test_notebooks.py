@@ -56,3 +56,23 @@ def test_02_fits_the_runs_in_mlflow(mlflow_store, tmp_path):
     text = outputs(nb)
     assert f"54 runs from mlflow:{GRID_EXPERIMENT}" in text
     assert (out / "law.json").is_file() and (out / "plots" / "iso_loss.png").is_file()
+
+
+def test_repro_runs_on_a_grid_with_seeds(tmp_path):
+    from analysis.synthetic import seeded_grid
+
+    csv = tmp_path / "runs.csv"
+    grid = {"sizes": (5e7, 1e8, 2e8), "bits": (1, 4), "tokens_per_param": (10, 160)}
+    seeded_grid(**grid, fractions=(0.1, 0.3, 0.5, 0.7), seeds=(0, 1)).to_csv(csv, index=False)
+    nb = execute(
+        "repro.ipynb",
+        f'RUNS = r"{csv}"\nSTARTS = 12\nFP_STARTS = 12\nBOOTSTRAP = 8\nWORKERS = 1',
+    )
+    text = outputs(nb)
+    assert f"runs from {csv}" in text
+    assert images(nb) == 2
+    markdown = "\n".join(
+        o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", [])
+    )
+    for section in ("Law fit", "Optimal QAT fraction", "Seed noise", "predictor f̂(S)"):
+        assert section in markdown

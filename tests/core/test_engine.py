@@ -34,9 +34,10 @@ def trained_model() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tenso
     return model, optimizer, tokens
 
 
+@pytest.mark.parametrize("embeddings", [False, True])
 @pytest.mark.parametrize("bits", [1.0, 2.0, 4.0])
-def test_converting_early_then_switching_is_switching_late(bits):
-    switch = QatSwitch(bits, QuantConfig(kernel="reference"))
+def test_converting_early_then_switching_is_switching_late(bits, embeddings):
+    switch = QatSwitch(bits, QuantConfig(kernel="reference", embeddings=embeddings))
     late, late_opt, tokens = trained_model()
     early = Transformer(MODEL, 64)
     early_opt = build_optimizer(early, OPTIM)

@@ -33,8 +33,11 @@ def assert_same_cells(overrides: Sequence[str], sample: int | None = None) -> li
         # cell by cell, each composition taking ~0.2 s.
         (["grid=mini"], 24),
         (["grid=paper"], 40),
+        # A part of a grid built on a shared settings file, budgets in tokens per parameter,
+        # knobs of config groups swept.
+        (["grid=repro-qat-phase"], 12),
     ],
-    ids=["smoke", "mini", "paper"],
+    ids=["smoke", "mini", "paper", "repro-qat-phase"],
 )
 def test_grid_files_expand_as_hydra_composes_each_cell(overrides, sample):
     assert_same_cells(overrides, sample)

@@ -126,3 +126,71 @@ def test_the_optimizer_steps_each_member_as_adamw_with_clipping_steps_it_alone()
         packed = layout.member_state(flats, row, quantized=row == 2)
         for name, value in model.state_dict().items():
             assert torch.equal(packed[name], value), (row, name)
+
+
+@pytest.mark.parametrize("upstream_varies", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_chunked_head_and_loss_is_the_plain_one(monkeypatch, autocast, upstream_varies):
+    """Values and gradients of the chunked loss against F.cross_entropy over full logits, in
+    fp32 and under bf16 autocast (the logits' matmuls then round alike, chunk by chunk), for an
+    upstream gradient that is one number per member (training: gradients from the forward)
+    and one that varies along the tokens (recomputed in the backward)."""
+    from qat.engine.packed import loss
+    from qat.engine.packed.forward import cross_entropy, linear
+
+    members, tokens, dim, vocab = 3, 40, 16, VOCAB
+    monkeypatch.setattr(loss, "CHUNK_VALUES", members * vocab * 7)  # 6 chunks, a short last one
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(members, tokens, dim, generator=generator)
+    head = torch.randn(members, vocab, dim, generator=generator) * 0.3
+    targets = torch.randint(0, vocab, (members, tokens), generator=generator)
+    upstream = torch.rand(members, tokens if upstream_varies else 1, generator=generator)
+    upstream = upstream.expand(members, tokens)
+
+    def run(fused: bool) -> tuple[torch.Tensor, ...]:
+        h, w = hidden.clone().requires_grad_(), head.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if fused:
+                values = loss.LinearCrossEntropy()(h, w, targets)
+            else:
+                values = cross_entropy(linear(h, w), targets)
+        (values * upstream).sum().backward()
+        return values.detach(), h.grad, w.grad
+
+    for fused, plain in zip(run(True), run(False), strict=True):
+        assert fused.dtype == plain.dtype
+        if autocast:  # bf16 rounds the logits' gradient at another point: compare as a whole
+            assert (fused - plain).norm() <= 1e-2 * plain.norm()
+        else:
+            torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_the_fused_forward_is_the_member_by_member_one():
+    """The GPU layout (q|k|v and gate|up as one matmul each, the chunked loss) against the
+    single-cell operations one by one: same losses and gradients, a QAT member included."""
+    from qat.engine.packed.forward import PackedForward
+    from qat.model import rotary_tables
+
+    members, batch, seq = 3, 2, 16
+    layout = ParameterLayout(models(1)[0], quantized_names())
+    flats = layout.stack(models(members), torch.device("cpu"))
+    fmt = format_for_bits(2.0)
+    with torch.no_grad():
+        views = layout.views(flats)
+        for name in layout.quantized:  # the last member in QAT, its scales from its weights
+            views[f"{name}.scale"][2] = init_scale(views[f"{name}.weight"][2], fmt)
+    segments = [Segment(None, 0, 2), Segment(fmt, 2, 3)]
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, VOCAB, (members, batch, seq), generator=generator)
+    targets = torch.randint(0, VOCAB, (members, batch, seq), generator=generator)
+    rope = rotary_tables(CONFIG.dim // CONFIG.n_heads, seq, CONFIG.rope_theta, torch.device("cpu"))
+
+    def run(fused: bool) -> list[torch.Tensor]:
+        leaves = {g: f.detach().clone().requires_grad_() for g, f in flats.items()}
+        forward = PackedForward(CONFIG, layout.quantized, "reference", fused=fused)
+        losses = forward.token_losses(layout.views(leaves), tokens, targets, rope, segments)
+        losses.mean(dim=1).sum().backward()
+        return [losses.detach(), *(leaves[g].grad for g in sorted(leaves))]
+
+    for fused, plain in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ from qat.export.run import FinishedRun
 from qat.model import Transformer
 from qat.orchestration.grid import expand_grid
 from qat.quant import QuantLinear, fake_quant, is_full_precision, quantize_model
+from qat.quant.embedding import quantize_embeddings
 from tests.export.helpers import TEXT
 
 BITS = (16, 8, 6, 4, 3, 2, 1.58, 1)
@@ -28,25 +29,31 @@ def tokenizer_path(tmp_path_factory):
     return path
 
 
-def finished(tmp_path, tokenizer_path, bits):
+def finished(tmp_path, tokenizer_path, bits, embeddings=False):
     """A real final checkpoint of a trained-looking nano model (random weights and scales)."""
-    (config,) = expand_grid(["model=nano", "data.vocab_size=300", f"bits={bits}"], {})
+    overrides = ["model=nano", "data.vocab_size=300", f"bits={bits}"]
+    (config,) = expand_grid([*overrides, f"quant.embeddings={str(embeddings).lower()}"], {})
     torch.manual_seed(0)
     model = Transformer(config.model, 300)
     if not is_full_precision(bits):
         quantize_model(model, bits, exclude=config.quant.exclude)
+        if embeddings:
+            quantize_embeddings(model, bits)
         with torch.no_grad():  # scales away from their initial value, as after training
             for layer in model.modules():
-                if isinstance(layer, QuantLinear):
+                if hasattr(layer, "scale"):
                     layer.scale.mul_(0.5 + torch.rand_like(layer.scale))
     run_dir = tmp_path / "run"
     checkpoint = save_weights(run_dir / "checkpoints", 1000, model.state_dict(), {})
     return model, FinishedRun(run_dir, config, checkpoint, tokenizer_path, EOT, 1.0, None)
 
 
-@pytest.mark.parametrize("bits", BITS)
-def test_every_bit_width_round_trips(tmp_path, tokenizer_path, bits):
-    model, run = finished(tmp_path, tokenizer_path, bits)
+@pytest.mark.parametrize(
+    ("bits", "embeddings"), [*((b, False) for b in BITS), (2, True), (8, True)]
+)
+def test_every_bit_width_round_trips(tmp_path, tokenizer_path, bits, embeddings):
+    """With quant.embeddings=true the table and the tied head are at max(bits, 4) too."""
+    model, run = finished(tmp_path, tokenizer_path, bits, embeddings)
     export_packed(run, tmp_path / "out")
     exported = load(tmp_path / "out").model
     loaded = exported.state_dict()
@@ -55,9 +62,7 @@ def test_every_bit_width_round_trips(tmp_path, tokenizer_path, bits):
             continue
         layer = model.get_submodule(name.rsplit(".", 1)[0])
         want = (
-            fake_quant(layer.weight, layer.scale, layer.fmt)
-            if isinstance(layer, QuantLinear)
-            else tensor
+            fake_quant(layer.weight, layer.scale, layer.fmt) if hasattr(layer, "scale") else tensor
         )
         assert torch.equal(loaded[name], want.detach()), name
     ids = torch.randint(0, 300, (2, 16))

@@ -17,7 +17,8 @@ from qat.quant import FakeQuantFunction, format_for_bits, init_scale
 from tests.gpu.test_train_gpu import config, corpus  # noqa: F401  (corpus: a fixture)
 
 pytestmark = pytest.mark.gpu  # deselected without CUDA (tests/conftest.py)
-# Measured on an H100 (torch 2.11, bf16): ≤ 0.3% of the final loss; the bound leaves room.
+# Measured on an H100 (torch 2.11, bf16): gaps of 0.03–0.12% of the final loss (FP, 1, 2, 4
+# bits); the bound leaves room for other GPUs and seeds.
 BF16_TOLERANCE = 0.01
 
 
@@ -40,7 +41,9 @@ def test_the_kernel_path_gives_each_member_its_own_gradients(bits):
         alone.backward(upstream[index])
         torch.testing.assert_close(packed[index], alone, rtol=0, atol=0)
         torch.testing.assert_close(weight.grad[index], w.grad, rtol=0, atol=0)
-        torch.testing.assert_close(scale.grad[index], s.grad, rtol=1e-6, atol=1e-9)
+        # The kernel sums a format group's scale gradient over k members' rows at once: the
+        # sum's order, and so its last bits, differ from one member's (measured ≤ 7e-6).
+        torch.testing.assert_close(scale.grad[index], s.grad, rtol=2e-5, atol=1e-8)
 
 
 def test_members_end_within_bf16_noise_of_training_alone(tmp_path, corpus):  # noqa: F811
@@ -65,8 +68,10 @@ def test_members_end_within_bf16_noise_of_training_alone(tmp_path, corpus):  # n
 
     packed = run_pack(cells("packed", tmp_path / "packed"))
     assert not packed.failures
+    gaps = {}
     for single in cells("torch", tmp_path / "alone"):
         alone = run_cell(single)
         member = packed.results[single.run_key]  # the backend is not part of the run key
-        gap = abs(member.final_val_loss - alone.final_val_loss) / alone.final_val_loss
-        assert gap <= BF16_TOLERANCE, (single.bits, member.final_val_loss, alone.final_val_loss)
+        gaps[single.bits] = abs(member.final_val_loss - alone.final_val_loss) / alone.final_val_loss
+    print("relative final/val_loss gap per bit width:", gaps)  # the measured bf16 noise
+    assert max(gaps.values()) <= BF16_TOLERANCE, gaps

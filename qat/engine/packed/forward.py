@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from qat.config import ModelConfig
+from qat.engine.packed.loss import LinearCrossEntropy
 from qat.model import apply_rotary
 from qat.quant import FakeQuantFunction, QuantFormat, fake_quant
 from qat.quant.ops import REFERENCE
@@ -80,10 +81,14 @@ def effective_weight(
     return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # As qat.model.RMSNorm: normalised in fp32.
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """As qat.model.RMSNorm: normalised in fp32. ``dtype``: the result already in the dtype
+    the matmuls that read it cast to (autocast's), in the same kernel."""
     normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
-    return normed.type_as(x) * weight.unsqueeze(1)
+    out = normed.type_as(x) * weight.unsqueeze(1)
+    return out if dtype is None else out.to(dtype)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -111,10 +116,21 @@ class PackedForward:
     torch.compile, one small graph each with the member count dynamic, so a fork or a departure
     does not recompile; the matmuls and the fake quantization (whose format slices change as
     members switch) stay eager.
+
+    ``fused``: the head and the loss as one chunked operation (qat.engine.packed.loss) that
+    never holds the pack's logits, and the projections that read one input as one matmul (q|k|v,
+    gate|up: the input is read once, its gradient written once). Off, the single-cell model's
+    operations one by one, which on CPU in fp32 keep a pack bitwise equal to its cells trained
+    alone.
     """
 
     def __init__(
-        self, config: ModelConfig, quantized: tuple[str, ...], kernel: str, compile: bool = False
+        self,
+        config: ModelConfig,
+        quantized: tuple[str, ...],
+        kernel: str,
+        compile: bool = False,
+        fused: bool = False,
     ) -> None:
         self.config = config
         self.quantized = set(quantized)
@@ -127,6 +143,8 @@ class PackedForward:
         self.rotary = wrap(apply_rotary)
         self.swiglu = wrap(swiglu)
         self.cross_entropy = wrap(cross_entropy)
+        self.fused = fused
+        self.fused_loss = LinearCrossEntropy(compile) if fused else None
 
     def _weight(
         self, params: dict[str, torch.Tensor], name: str, segments: list[Segment]
@@ -146,6 +164,10 @@ class PackedForward:
         """The final normalised hidden states [members, batch·seq, dim]."""
         config = self.config
         members, batch, seq = tokens.shape
+        # A norm's output only feeds matmuls; fused, it leaves its kernel in their dtype.
+        device = tokens.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        matmul_dtype = dtype if self.fused else None
         embedding = params["tok_embeddings.weight"]
         vocab = embedding.shape[1]
         # One lookup in the members' tables laid end to end.
@@ -154,11 +176,53 @@ class PackedForward:
         x = x.view(members, batch * seq, -1)
         for index in range(config.n_layers):
             prefix = f"layers.{index}"
-            h = self.rms_norm(x, params[f"{prefix}.attention_norm.weight"], config.norm_eps)
+            weight = params[f"{prefix}.attention_norm.weight"]
+            h = self.rms_norm(x, weight, config.norm_eps, matmul_dtype)
             x = x + self._attention(params, f"{prefix}.attention", h, batch, seq, rope, segments)
-            h = self.rms_norm(x, params[f"{prefix}.ffn_norm.weight"], config.norm_eps)
+            weight = params[f"{prefix}.ffn_norm.weight"]
+            h = self.rms_norm(x, weight, config.norm_eps, matmul_dtype)
             x = x + self._feed_forward(params, f"{prefix}.feed_forward", h, segments)
-        return self.rms_norm(x, params["norm.weight"], config.norm_eps)
+        return self.rms_norm(x, params["norm.weight"], config.norm_eps, matmul_dtype)
+
+    def _projections(
+        self,
+        params: dict[str, torch.Tensor],
+        names: tuple[str, ...],
+        h: torch.Tensor,
+        segments: list[Segment],
+    ) -> tuple[torch.Tensor, ...]:
+        """``h`` through each of the Linears ``names``."""
+        weights = [self._weight(params, name, segments) for name in names]
+        if not self.fused:
+            return tuple(linear(h, weight) for weight in weights)
+        # Each output feature is its own row (its own per-channel scale): stacking the rows
+        # changes no value, only the number of matmuls.
+        joint = linear(h, torch.cat(weights, dim=1))
+        return joint.split([weight.shape[1] for weight in weights], dim=-1)
+
+    def _fused_heads(
+        self,
+        params: dict[str, torch.Tensor],
+        names: tuple[str, ...],
+        h: torch.Tensor,
+        batch: int,
+        seq: int,
+        rope: torch.Tensor,
+        segments: list[Segment],
+    ) -> tuple[torch.Tensor, ...]:
+        """q, k, v [members·batch, heads, seq, head_dim] from one q|k|v matmul, with q and k
+        rotated in one call, in the matmul's [tokens, heads, head_dim] layout (a rotation of
+        the transposed views reads memory out of order)."""
+        weights = [self._weight(params, name, segments) for name in names]
+        joint = linear(h, torch.cat(weights, dim=1))
+        rows = h.shape[0] * batch
+        rotated = self.n_heads + self.n_kv_heads
+        width = rotated * self.head_dim
+        qk = joint[..., :width].reshape(rows, seq, rotated, self.head_dim)
+        qk = self.rotary(qk, rope.unsqueeze(1))  # tables [seq, 1, head_dim/2, 2]: every head
+        v = joint[..., width:].reshape(rows, seq, self.n_kv_heads, self.head_dim)
+        q, k = qk[:, :, : self.n_heads], qk[:, :, self.n_heads :]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def _attention(
         self,
@@ -171,14 +235,18 @@ class PackedForward:
         segments: list[Segment],
     ) -> torch.Tensor:
         members = h.shape[0]
+        names = (f"{prefix}.wq", f"{prefix}.wk", f"{prefix}.wv")
+        if self.fused:
+            q, k, v = self._fused_heads(params, names, h, batch, seq, rope, segments)
+        else:
+            q, k, v = self._projections(params, names, h, segments)
 
-        def heads(name: str, count: int) -> torch.Tensor:
-            projected = linear(h, self._weight(params, f"{prefix}.{name}", segments))
-            return projected.view(members * batch, seq, count, self.head_dim).transpose(1, 2)
+            def heads(projected: torch.Tensor, count: int) -> torch.Tensor:
+                return projected.view(members * batch, seq, count, self.head_dim).transpose(1, 2)
 
-        q = self.rotary(heads("wq", self.n_heads), rope)
-        k = self.rotary(heads("wk", self.n_kv_heads), rope)
-        v = heads("wv", self.n_kv_heads)
+            q = self.rotary(heads(q, self.n_heads), rope)
+            k = self.rotary(heads(k, self.n_kv_heads), rope)
+            v = heads(v, self.n_kv_heads)
         out = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads
         )
@@ -192,9 +260,14 @@ class PackedForward:
         h: torch.Tensor,
         segments: list[Segment],
     ) -> torch.Tensor:
-        gate = linear(h, self._weight(params, f"{prefix}.w1", segments))
-        up = linear(h, self._weight(params, f"{prefix}.w3", segments))
+        gate, up = self._projections(params, (f"{prefix}.w1", f"{prefix}.w3"), h, segments)
         return linear(self.swiglu(gate, up), self._weight(params, f"{prefix}.w2", segments))
+
+    def _head(self, params: dict[str, torch.Tensor], segments: list[Segment]) -> torch.Tensor:
+        if "output" in self.quantized:  # an untied head that quant.exclude leaves quantized
+            return self._weight(params, "output", segments)
+        # tied: the embedding table is the head
+        return params.get("output.weight", params["tok_embeddings.weight"])
 
     def logits(
         self,
@@ -204,12 +277,7 @@ class PackedForward:
         segments: list[Segment],
     ) -> torch.Tensor:
         """[members, batch·seq, vocab]."""
-        hidden = self.hidden(params, tokens, rope, segments)
-        if "output" in self.quantized:  # an untied head that quant.exclude leaves quantized
-            head = self._weight(params, "output", segments)
-        else:  # tied: the embedding table is the head
-            head = params.get("output.weight", params["tok_embeddings.weight"])
-        return linear(hidden, head)
+        return linear(self.hidden(params, tokens, rope, segments), self._head(params, segments))
 
     def token_losses(
         self,
@@ -220,4 +288,8 @@ class PackedForward:
         segments: list[Segment],
     ) -> torch.Tensor:
         """Cross-entropy of every target token, [members, batch·seq], in fp32."""
-        return self.cross_entropy(self.logits(params, tokens, rope, segments), targets)
+        if self.fused_loss is None:
+            return self.cross_entropy(self.logits(params, tokens, rope, segments), targets)
+        hidden = self.hidden(params, tokens, rope, segments)
+        members = hidden.shape[0]
+        return self.fused_loss(hidden, self._head(params, segments), targets.reshape(members, -1))

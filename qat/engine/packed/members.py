@@ -48,12 +48,13 @@ class Lineage:
 def pack_shape(config: RunConfig) -> dict:
     """What every member of one pack shares: one batched model, one data stream per seed, one
     optimizer and one device. Bits, fraction, fusion, budget, seed, schedule and peak learning
-    rate may differ."""
+    rate and the reset of the Adam moments at the QAT switch may differ."""
     tree = config.to_dict()
     for key in ("bits", "qat_frac", "tokens", "fusion", "seed", "schedule"):
         tree.pop(key)
     tree["data"].pop("cache_dir")
     tree["optim"].pop("lr")
+    tree["optim"].pop("qat_reset_moments")  # per member, at its QAT switch
     tree["trainer"].pop("progress")
     tree["trunk"] = None  # a pack always forks from its own in-memory trunks
     return tree

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from qat.config import OptimConfig
-from qat.engine.packed.weights import DECAY, SCALES, ParameterLayout
+from qat.engine.packed.weights import DECAY, NO_DECAY, SCALES, ParameterLayout
 
 # torch.nn.utils.clip_grad_norm_'s guard against a zero norm.
 CLIP_EPS = 1e-6
@@ -105,6 +105,15 @@ class PackedAdamW:
         state["exp_avg"][row].zero_()
         state["exp_avg_sq"][row].zero_()
         state["steps"][row] = 0
+
+    def reset_weights(self, row: int) -> None:
+        """A member's QAT switch under optim.qat_reset_moments: its weights' moments and steps
+        start afresh, as the single-cell trainer resets its weight groups."""
+        for group in (DECAY, NO_DECAY):
+            state = self.state[group]
+            state["exp_avg"][row].zero_()
+            state["exp_avg_sq"][row].zero_()
+            state["steps"][row] = 0
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep (and repeat) the members ``rows``, in that order: forks and departures."""

@@ -127,7 +127,13 @@ class PackedTrainer:
         self.layout = ParameterLayout(models[0], self._quantized_names(models[0]))
         kernel = resolve_kernel(config.quant.kernel, device)
         self.forward = PackedForward(
-            config.model, self.layout.quantized, kernel, compile=config.trainer.compile
+            config.model,
+            self.layout.quantized,
+            kernel,
+            compile=config.trainer.compile,
+            # On GPU a step is bound by memory traffic, the logits' above all; on CPU the
+            # single-cell model's operations keep a pack bitwise equal to its cells alone.
+            fused=device.type == "cuda",
         )
         head_dim = config.model.dim // config.model.n_heads
         self.rope = rotary_tables(head_dim, config.data.seq_len, config.model.rope_theta, device)
@@ -324,6 +330,8 @@ class PackedTrainer:
             weight = views[f"{linear}.weight"][index]
             views[f"{linear}.scale"][index].copy_(init_scale(weight.float(), fmt))
         self.optimizer.reset_scales(index)
+        if self.member(row).config.optim.qat_reset_moments:
+            self.optimizer.reset_weights(index)
         row.quantized = True
 
     def _finish(self, indices: list[int]) -> None:

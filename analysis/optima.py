@@ -1,0 +1,216 @@
+"""The runs' optimal QAT fraction f* per classic (N, D_total, B) cell, with its uncertainty; its
+trend with S_total and the predictor constant a, with bootstrap intervals.
+
+f* is the grid fraction of lowest loss (no interpolation: the grid is what was measured). Its
+uncertainty comes from replicates of the cell's loss-against-fraction curve:
+
+- cells with >= 2 seeds that have every fraction: the seeds are resampled with replacement and
+  f* is the argmin of the mean curve: paired, since a seed shifts all its fractions together;
+- other cells: the curve plus Gaussian noise at the grid's *paired* relative noise
+  (`analysis.seed_noise.paired_noise`) where the grid has seed pairs; without any, the pooled
+  residual of a local quadratic in logit(f) around each curve's best fraction
+  (`quadratic_noise`; an upper bound: it also holds the quadratic's misfit).
+
+A cell whose f* is its smallest or largest fraction is *censored*: the true optimum may lie
+beyond the grid. The trend and a are bootstrapped over cells and replicates together: each
+resample draws cells with replacement and takes one replicate f* per cell.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from analysis.anchored_fit import CI_LEVEL
+from analysis.predict import PAPER_A, fit_predictor
+from analysis.seed_noise import cell_curves, paired_noise, seed_table
+
+N_REPLICATES = 400
+QUADRATIC_WINDOW = 5
+
+
+@dataclass
+class CellOptima:
+    """Per cell: N, D_total, B, S_total, n_fracs, n_seeds, f_star, f_lo, f_hi, loss_star,
+    censored ("low", "high" or ""), method; `replicates`: (cells, N_REPLICATES) replicate f*;
+    `noise`: the relative noise the single-seed cells were perturbed with, and where from."""
+
+    cells: pd.DataFrame
+    replicates: np.ndarray
+    noise: float
+    noise_source: str
+
+
+def quadratic_noise(curves: dict[Any, pd.DataFrame]) -> tuple[float, int]:
+    """Pooled relative residual of a local quadratic fitted to each seed's log-loss curve, and its
+    degrees of freedom; (nan, 0) without a curve of >= 4 fractions.
+
+    Local: the `QUADRATIC_WINDOW` fractions around the curve's best, in logit(f), where the
+    loss's two walls (f → 0 and f → 1) are symmetric enough for a parabola: over the whole
+    curve in f the parabola's misfit dominates the noise (8x on the synthetic grids)."""
+    ss, dof = 0.0, 0
+    for c in curves.values():
+        for s in c.columns:
+            y = c[s].dropna()
+            if len(y) < 4:
+                continue
+            v, f = y.to_numpy(), y.index.to_numpy(dtype=float)
+            w = min(QUADRATIC_WINDOW, len(v))
+            lo = min(max(int(np.argmin(v)) - w // 2, 0), len(v) - w)
+            v, x = v[lo : lo + w], np.log(f[lo : lo + w] / (1 - f[lo : lo + w]))
+            ss += float(((v - np.polyval(np.polyfit(x, v, 2), x)) ** 2).sum())
+            dof += w - 3
+    return (math.sqrt(ss / dof), dof) if dof else (math.nan, 0)
+
+
+def cell_optima(runs: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> CellOptima:
+    """f* per classic cell with >= 3 fractions, its replicates and a 95% interval (see the
+    module's docstring)."""
+    curves = {
+        k: c for k, c in cell_curves(seed_table(runs)).items() if len(c.dropna(how="all")) >= 3
+    }
+    sigma, dof = paired_noise(curves)
+    source = f"paired seed noise ({dof} dof)"
+    if not dof:
+        sigma, dof = quadratic_noise(curves)
+        source = f"local quadratic residuals ({dof} dof)"
+    if not dof:
+        sigma, source = 0.0, "none: no cell to estimate it from"
+    rng = np.random.default_rng(seed)
+    q = (1 - CI_LEVEL) / 2
+    rows, reps = [], []
+    for (n, d, b), c in curves.items():
+        full = c.dropna(axis=1)
+        fracs = c.index.to_numpy(dtype=float)
+        if full.shape[1] >= 2:
+            v = full.to_numpy()
+            picks = rng.integers(0, v.shape[1], size=(n_rep, v.shape[1]))
+            rep_curves = v[:, picks].mean(axis=2).T  # (n_rep, fracs)
+            centre, method = v.mean(axis=1), f"{v.shape[1]} seeds, resampled"
+        else:
+            centre = c.mean(axis=1).to_numpy()  # the one seed, or each fraction's mean
+            ok = ~np.isnan(centre)
+            centre, fracs = centre[ok], fracs[ok]
+            rep_curves = centre + rng.normal(0.0, sigma, size=(n_rep, len(centre)))
+            method = "1 seed, noise replicates" if c.shape[1] == 1 else "seeds incomplete, noise"
+        f_rep = fracs[np.argmin(rep_curves, axis=1)]
+        i = int(np.argmin(centre))
+        censored = "low" if i == 0 else "high" if i == len(fracs) - 1 else ""
+        rows.append(
+            {
+                "N": n,
+                "D_total": d,
+                "B": b,
+                "S_total": d / (n * b / 8),
+                "n_fracs": len(fracs),
+                "n_seeds": c.shape[1],
+                "f_star": float(fracs[i]),
+                "f_lo": float(np.quantile(f_rep, q)),
+                "f_hi": float(np.quantile(f_rep, 1 - q)),
+                "loss_star": float(np.exp(centre[i])),
+                "censored": censored,
+                "method": method,
+            }
+        )
+        reps.append(f_rep)
+    cells = pd.DataFrame(rows)
+    return CellOptima(cells, np.array(reps).reshape(len(rows), n_rep), sigma, source)
+
+
+def subset(optima: CellOptima, keep: pd.Series) -> CellOptima:
+    """The cells where `keep` (aligned with `optima.cells`) holds, with their replicates."""
+    mask = keep.to_numpy(dtype=bool)
+    cells = optima.cells[mask].reset_index(drop=True)
+    return CellOptima(cells, optima.replicates[mask], optima.noise, optima.noise_source)
+
+
+class Interval(TypedDict):
+    value: float | None
+    lo: float | None
+    hi: float | None
+    n: int
+
+
+class OptimumTrend(TypedDict):
+    cells: int
+    censored_low: int
+    censored_high: int
+    rho_S: Interval
+    rho_S_uncensored: Interval
+    rho_residual_N: Interval
+    a: Interval
+    paper_a: float
+    paper_a_in_ci: bool | None
+
+
+def _rho(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(spearmanr(x, y).statistic)
+
+
+def _interval(value: float, samples: np.ndarray, n: int) -> Interval:
+    q = (1 - CI_LEVEL) / 2
+    s = samples[np.isfinite(samples)]
+    if not math.isfinite(value) or len(s) < 10:
+        return {
+            "value": None if not math.isfinite(value) else value,
+            "lo": None,
+            "hi": None,
+            "n": n,
+        }
+    return {
+        "value": value,
+        "lo": float(np.quantile(s, q)),
+        "hi": float(np.quantile(s, 1 - q)),
+        "n": n,
+    }
+
+
+def _stats(S: np.ndarray, N: np.ndarray, f: np.ndarray, keep: np.ndarray) -> tuple[float, ...]:
+    """(ρ(f*, S), ρ(f*, S) on uncensored cells, ρ(f* − f̂(S), N), a) for one set of f*."""
+    ok = S > 1  # the predictor needs ln S > 0
+    a = fit_predictor(S[ok], f[ok])[0] if ok.sum() >= 1 else math.nan
+    resid = f[ok] - np.exp(-a / np.log(S[ok])) if math.isfinite(a) else np.array([])
+    return (
+        _rho(S, f),
+        _rho(S[keep], f[keep]),
+        _rho(N[ok], resid) if len(resid) else math.nan,
+        a,
+    )
+
+
+def optimum_trend(optima: CellOptima, n_boot: int = N_REPLICATES, seed: int = 0) -> OptimumTrend:
+    """Spearman ρ of f* against S_total (all cells and uncensored ones), ρ of the predictor's
+    residual f* − f̂(S) against N (is f* a function of S alone?), and the predictor constant a
+    of f̂(S) = exp(−a / ln S), each with a 95% bootstrap interval."""
+    c = optima.cells
+    S, N = c.S_total.to_numpy(float), c.N.to_numpy(float)
+    keep = (c.censored == "").to_numpy()
+    point = _stats(S, N, c.f_star.to_numpy(float), keep)
+    rng = np.random.default_rng(seed)
+    n_rep = optima.replicates.shape[1]
+    samples = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(c), size=len(c))
+        f = optima.replicates[idx, rng.integers(0, n_rep, size=len(c))]
+        samples.append(_stats(S[idx], N[idx], f, keep[idx]))
+    boot = np.array(samples, dtype=float).reshape(n_boot, 4)
+    n_ok = int((S > 1).sum())
+    a = _interval(point[3], boot[:, 3], n_ok)
+    return {
+        "cells": len(c),
+        "censored_low": int((c.censored == "low").sum()),
+        "censored_high": int((c.censored == "high").sum()),
+        "rho_S": _interval(point[0], boot[:, 0], len(c)),
+        "rho_S_uncensored": _interval(point[1], boot[:, 1], int(keep.sum())),
+        "rho_residual_N": _interval(point[2], boot[:, 2], n_ok),
+        "a": a,
+        "paper_a": PAPER_A,
+        "paper_a_in_ci": None if a["lo"] is None else bool(a["lo"] <= PAPER_A <= a["hi"]),  # type: ignore[operator]
+    }

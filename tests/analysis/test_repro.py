@@ -1,0 +1,103 @@
+"""`python -m analysis.repro`: the report's files from a runs table, byte for byte again on a
+rerun, and from a partial table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import repro
+from analysis.synthetic import fused_grid, seeded_grid
+
+GRID = {
+    "sizes": (5e7, 1e8, 2e8),
+    "bits": (1, 4),
+    "tokens_per_param": (10, 160),
+}
+OPTIONS = ["--starts", "12", "--fp-starts", "12", "--bootstrap", "8", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs_csv(tmp_path_factory) -> Path:
+    classic = seeded_grid(**GRID, fractions=(0.1, 0.3, 0.5, 0.7), seeds=(0, 1), noise=0.0005)
+    fused = fused_grid(**GRID, fractions=(0.1, 0.3)).assign(seed=0)
+    path = tmp_path_factory.mktemp("repro") / "runs.csv"
+    pd.concat([classic, fused], ignore_index=True).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(runs_csv, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert repro.main(["--runs", str(runs_csv), "--out", str(out), *OPTIONS]) == 0
+    return out
+
+
+def test_the_report_holds_every_section(report):
+    files = sorted(p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file())
+    assert {"law.json", "residuals.csv", "summary.json", "summary.md"} <= set(files)
+    assert {"plots/fit_quality.png", "plots/optimal_fraction.png"} <= set(files)
+    s = json.loads((report / "summary.json").read_text())
+    held = s["fit"]["held_out"]
+    assert held["available"] and held["held_out_N"] == 2e8
+    assert held["r2"] > 0.9  # two sizes predict the third (0.94 with these few starts)
+    assert s["fit"]["ci"] is not None and s["fit"]["r2"] > 0.99
+    assert s["optimal_fraction"]["trend"]["cells"] == 3 * 2 * 2
+    assert {k: t["cells"] for k, t in s["optimal_fraction"]["trend_by_bits"].items()} == {
+        "1": 6,
+        "4": 6,
+    }
+    assert s["seed_noise"]["available"] and s["seed_noise"]["cells_with_seeds"] == 12
+    assert s["fusion"]["overall"]["verdict"] == "fused better"
+    waste = s["wasted_compute"]["by_bits"]
+    assert set(waste) == {"1", "4"}
+    for w in waste.values():
+        assert w["law_wasted_pct_min"] <= w["law_wasted_pct_median"] <= w["law_wasted_pct_max"]
+        assert w["law_unreachable"] == 0
+    assert s["advice"]["crossover"][0]["bits"] == "1"
+    md = (report / "summary.md").read_text()
+    for title in ("Law fit", "Optimal QAT fraction", "Seed noise", "Wasted", "Fused", "advises"):
+        assert title in md
+    assert json.loads((report / "law.json").read_text())["settings"]["fit"].startswith(
+        "fp-anchored"
+    )
+
+
+def test_a_rerun_gives_the_same_bytes(runs_csv, report, tmp_path):
+    assert repro.main(["--runs", str(runs_csv), "--out", str(tmp_path), *OPTIONS]) == 0
+    for p in report.rglob("*"):
+        if p.is_file():
+            assert (tmp_path / p.relative_to(report)).read_bytes() == p.read_bytes(), p.name
+
+
+def test_a_partial_table_still_gives_a_report(runs_csv, tmp_path):
+    runs = pd.read_csv(runs_csv)
+    # A run half done: the largest size, one seed, most fused cells and some classic runs missing.
+    partial = runs[~((runs.N == 2e8) | (runs.seed == 1) | runs.fusion)].sample(
+        frac=0.8, random_state=0
+    )
+    path = tmp_path / "runs.csv"
+    partial.to_csv(path, index=False)
+    assert repro.main(["--runs", str(path), "--out", str(tmp_path / "out"), *OPTIONS]) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["seed_noise"]["available"] is False
+    assert s["fusion"]["available"] is False
+    assert s["fit"]["held_out"]["available"] is True  # two sizes left
+    assert "Not available" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_table_without_classic_runs_is_one_line(tmp_path, capsys):
+    path = tmp_path / "runs.csv"
+    fused_grid(**GRID).to_csv(path, index=False)
+    assert repro.main(["--runs", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "no classic QAT runs" in capsys.readouterr().err
+
+
+def test_the_default_runs_switch_to_the_reproduction_grid_once_it_exists(tmp_path):
+    assert repro.default_runs(tmp_path) == tmp_path / "results/mini/runs.csv"
+    (tmp_path / "results/repro").mkdir(parents=True)
+    (tmp_path / "results/repro/runs.csv").write_text("N\n")
+    assert repro.default_runs(tmp_path) == tmp_path / "results/repro/runs.csv"
