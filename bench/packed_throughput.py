@@ -59,41 +59,52 @@ class _Silent:
         raise error
 
 
-def step_throughput(model: str, members: int, steps: int, extra: list[str]) -> dict:
-    from qat.cell import load_data
+def steady_qat_trainer(configs: list, data: object):
+    """A packed trainer whose members have all forked from their trunk and switched to QAT:
+    the mid-grid steady state."""
     from qat.engine.packed import PackedTrainer, plan_members
     from qat.engine.packed.trainer import CELL, Row
 
-    configs = _member_configs(model, members, extra)
-    data = load_data(configs[0])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = PackedTrainer(
             plan_members(configs), data, Path(tmp), torch.device("cuda"), _Silent(), resume=False
         )
-    # Every member forked from its trunk and switched to QAT: the mid-grid steady state.
     trainer._select([(0, Row(CELL, 0, c.run_key)) for c in configs])
     for index in range(len(trainer.rows)):
         trainer._start_qat(index)
     trainer._keep(list(range(len(trainer.rows))))
     trainer.step = 1
-    tokens = trainer.tokens_per_step * len(trainer.rows)
+    return trainer
+
+
+def median_step_seconds(trainer, steps: int, warmup: int = 5, windows: int = 5) -> float:
+    """The median over ``windows`` windows of ``steps`` back-to-back steps, one sync each,
+    after ``warmup`` steps (compilation included); peak memory counted from the warm-up."""
     torch.cuda.reset_peak_memory_stats()
-    for _ in range(5):  # warm-up (and compile)
+    for _ in range(warmup):
         trainer._train_step()
     torch.cuda.synchronize()
-    windows = []
-    for _ in range(5):
+    times = []
+    for _ in range(windows):
         start = time.perf_counter()
         for _ in range(steps):
             trainer._train_step()
         torch.cuda.synchronize()
-        windows.append((time.perf_counter() - start) / steps)
-    step_s = statistics.median(windows)
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def step_throughput(model: str, members: int, steps: int, extra: list[str]) -> dict:
+    from qat.cell import load_data
+
+    configs = _member_configs(model, members, extra)
+    trainer = steady_qat_trainer(configs, load_data(configs[0]))
+    step_s = median_step_seconds(trainer, steps)
     return {
         "model": model,
         "members": len(trainer.rows),
         "step_ms": round(1000 * step_s, 2),
-        "cell_tokens_per_s": round(tokens / step_s),
+        "cell_tokens_per_s": round(trainer.tokens_per_step * len(trainer.rows) / step_s),
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "trainer": trainer,
     }

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+from packed_throughput import median_step_seconds, steady_qat_trainer
 from record import write_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,41 +60,10 @@ def random_dataset(folder: Path) -> object:
     return DatasetInfo.load(folder)
 
 
-class _Silent:
-    def forked(self, *args: object) -> None: ...
-    def log(self, *args: object) -> None: ...
-    def finished(self, *args: object) -> None: ...
-    def failed(self, key: str, error: Exception) -> None:
-        raise error
-
-
 def step_rate(model: str, members: int, data: object, steps: int) -> dict:
-    from qat.engine.packed import PackedTrainer, plan_members
-    from qat.engine.packed.trainer import CELL, Row
-
     cells = configs(model, members)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = PackedTrainer(
-            plan_members(cells), data, Path(tmp), torch.device("cuda"), _Silent(), resume=False
-        )
-    # Every member forked and switched to QAT: the steady state of a grid's middle.
-    trainer._select([(0, Row(CELL, 0, c.run_key)) for c in cells])
-    for index in range(len(trainer.rows)):
-        trainer._start_qat(index)
-    trainer._keep(list(range(len(trainer.rows))))
-    trainer.step = 1
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(3):
-        trainer._train_step()
-    torch.cuda.synchronize()
-    windows = []
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer._train_step()
-        torch.cuda.synchronize()
-        windows.append((time.perf_counter() - start) / steps)
-    step_s = statistics.median(windows)
+    trainer = steady_qat_trainer(cells, data)
+    step_s = median_step_seconds(trainer, steps, warmup=3, windows=3)
     return {
         "model": model,
         "n_params": cells[0].model.non_embedding_params(),
