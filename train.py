@@ -3,6 +3,7 @@
 python train.py                                   # one run on the defaults (conf/config.yaml)
 python train.py -m bits=1,2,4,6 qat_frac=0.1,0.3,0.5 model=nano tokens=2M
 python train.py -m grid=smoke                     # a grid defined in conf/grid/
+python train.py --help                            # every key, its allowed values, the launchers
 """
 
 import hydra
@@ -17,4 +18,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    from qat.orchestration.command_line import main_with_checks
+
+    main_with_checks(main)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from qat.errors import ConfigError
+from qat.errors import ConfigError, unknown_key
 from qat.units import parse_count
 
 ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
@@ -163,18 +163,8 @@ class RunConfig:
     def from_dict(cls, tree: dict[str, Any]) -> RunConfig:
         """Build and validate from a resolved config tree (e.g. ``OmegaConf.to_container``)."""
         tree = dict(tree)
-        sections = {
-            "model": ModelConfig,
-            "data": DataConfig,
-            "quant": QuantConfig,
-            "schedule": ScheduleConfig,
-            "optim": OptimConfig,
-            "trainer": TrainerConfig,
-            "tracking": TrackingConfig,
-            "init": InitConfig,
-        }
         kwargs: dict[str, Any] = {}
-        for key, section_cls in sections.items():
+        for key, section_cls in SECTIONS.items():
             if key not in tree:
                 if key in ("model", "data"):
                     raise ConfigError(f"config has no '{key}' group; pick one, e.g. {key}=nano")
@@ -206,7 +196,8 @@ class RunConfig:
         )
         tree.pop("grid", None)  # grids only shape the sweep
         if tree:
-            raise ConfigError(f"unknown top-level config key(s): {', '.join(sorted(tree))}")
+            allowed = [*SECTIONS, *(f.name for f in dataclasses.fields(cls)), "grid"]
+            raise unknown_key(min(tree), allowed)
         config.validate()
         return config
 
@@ -331,6 +322,19 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# Each nested section of the config and the dataclass it becomes.
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "quant": QuantConfig,
+    "schedule": ScheduleConfig,
+    "optim": OptimConfig,
+    "trainer": TrainerConfig,
+    "tracking": TrackingConfig,
+    "init": InitConfig,
+}
+
+
 def run_key(science: dict[str, Any]) -> str:
     """A short stable hash of the canonical JSON of the science config."""
     canonical = json.dumps(science, sort_keys=True, separators=(",", ":"), default=list)
@@ -355,10 +359,7 @@ def _build_section(section_cls: type, key: str, values: Any) -> Any:
     known = {f.name: f for f in dataclasses.fields(section_cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(f'{key}.{u}' for u in unknown)}; "
-            f"allowed: {', '.join(sorted(known))}"
-        )
+        raise unknown_key(f"{key}.{unknown[0]}", known, section=key)
     coerced: dict[str, Any] = {}
     for name, value in values.items():
         kind = known[name].type

@@ -44,11 +44,19 @@ def expand_grid(
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
-    if GlobalHydra.instance().is_initialized():
-        return _expand(list(overrides), sweeper_params, compose)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return _expand(list(overrides), sweeper_params, compose)
+    from qat.errors import ConfigError
+    from qat.orchestration.overrides import check_overrides
+
+    check_overrides(overrides)  # a mistyped key or option: one line naming the likely one
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return _expand(list(overrides), sweeper_params, compose)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return _expand(list(overrides), sweeper_params, compose)
+    except (HydraException, OmegaConfBaseException) as error:  # what Hydra refuses, in one line
+        raise ConfigError((str(error).strip().splitlines() or [type(error).__name__])[0]) from None
 
 
 def compose_each_cell(
