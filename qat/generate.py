@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from qat.errors import QatError
+from qat.errors import QatError, report
 from qat.model import Transformer
 
 
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             text_model.eos_id,
         )
     except QatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report(error)
     print(args.prompt + text_model.decode(ids))
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from qat.errors import QatError
+from qat.errors import QatError, report
 from qat.orchestration.grid import cli_overrides, expand_grid
 from qat.orchestration.trunk_plan import plan_grid, unique_cells
 from qat.schedule import plan_phases
@@ -22,8 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cells = expand_grid(overrides)
     except QatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report(error)
     plans, naive, shared = plan_grid(cells)
     print(f"{len(unique_cells(cells))} cells, {len(plans)} trunk(s)")
     for trunk in plans:

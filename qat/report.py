@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qat.errors import QatError
+from qat.errors import QatError, report
 from qat.tracking import Tracker
 from qat.tracking_schema import (
     BITS,
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.set_tracking_uri(tracker.uri)
         table = finished_runs_table(tracker.uri, args.experiment)
     except QatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report(error)
     if table.empty:
         print(f"no finished runs in experiment '{args.experiment}' at {tracker.uri}")
         return 0

@@ -15,7 +15,7 @@ STATES = ("finished", "running", "queued", "failed", "new")
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from qat.errors import QatError
+    from qat.errors import QatError, report
     from qat.orchestration.cell_status import grid_status
     from qat.orchestration.grid import cli_overrides
 
@@ -25,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = grid_status(args)
     except QatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report(error)
     counts = Counter(state for state, _, _ in rows)
     tqdm(
         total=len(rows),

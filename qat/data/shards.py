@@ -71,39 +71,87 @@ def write_shard(path: Path, ids: np.ndarray, vocab_size: int) -> None:
 def read_shard(path: Path, expected_vocab_size: int | None = None) -> np.ndarray:
     """The shard's ids as a read-only memory map; DataError on any sign of corruption."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            header = f.read(HEADER_SIZE)
-    except OSError as e:
-        raise DataError(f"cannot read shard {path}: {e.strerror}") from None
-    if len(header) < HEADER_SIZE:
-        raise DataError(f"shard {path} is truncated: {size} bytes, shorter than its header")
-    magic, version, code, vocab_size, count = _HEADER.unpack_from(header)
-    if magic != MAGIC:
-        raise DataError(f"{path} is not a token shard: magic {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
-        raise DataError(f"shard {path} has format version {version}; this code reads {VERSION}")
-    if code not in _DTYPES:
-        raise DataError(f"shard {path} has dtype code {code}; allowed 2 (uint16) or 4 (uint32)")
-    if vocab_size == 0 or code < dtype_code(vocab_size):
-        raise DataError(f"shard {path}: vocab size {vocab_size} does not fit dtype code {code}")
-    if any(header[_HEADER.size :]):
-        raise DataError(f"shard {path} has a corrupt header: padding bytes are not zero")
-    expected_size = HEADER_SIZE + count * code
-    if size != expected_size:
-        raise DataError(
-            f"shard {path} is {'truncated' if size < expected_size else 'too long'}: "
-            f"{size} bytes, header says {count} tokens = {expected_size} bytes"
-        )
-    if expected_vocab_size is not None and vocab_size != expected_vocab_size:
-        raise DataError(
-            f"shard {path} was written for vocab size {vocab_size}, expected {expected_vocab_size}"
-        )
+    code, vocab_size, count = check_shard(path, expected_vocab_size)
     if count == 0:  # mmap cannot map zero bytes
         return np.empty(0, dtype=_DTYPES[code])
     ids = np.memmap(path, dtype=_DTYPES[code], mode="r", offset=HEADER_SIZE, shape=(count,))
     top = int(ids.max())
     if top >= vocab_size:
-        raise DataError(f"shard {path} holds id {top}, not below its vocab size {vocab_size}")
+        raise _corrupt(path, f"shard {path} holds id {top}, not below its vocab size {vocab_size}")
     return ids
+
+
+def check_shard(path: Path, expected_vocab_size: int | None = None) -> tuple[int, int, int]:
+    """The shard's (dtype code, vocab size, token count) once its header and size check out;
+    reads the 64-byte header only, so it can run before any heavy work."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            header = f.read(HEADER_SIZE)
+    except OSError as e:
+        raise _corrupt(path, f"cannot read shard {path}: {e.strerror}") from None
+    if len(header) < HEADER_SIZE:
+        raise _corrupt(path, f"shard {path} is truncated: {size} bytes, shorter than its header")
+    magic, version, code, vocab_size, count = _HEADER.unpack_from(header)
+    if magic != MAGIC:
+        raise _corrupt(path, f"{path} is not a token shard: magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise _corrupt(
+            path, f"shard {path} has format version {version}; this code reads {VERSION}"
+        )
+    if code not in _DTYPES:
+        raise _corrupt(
+            path, f"shard {path} has dtype code {code}; allowed 2 (uint16) or 4 (uint32)"
+        )
+    if vocab_size == 0 or code < dtype_code(vocab_size):
+        raise _corrupt(
+            path, f"shard {path}: vocab size {vocab_size} does not fit dtype code {code}"
+        )
+    if any(header[_HEADER.size :]):
+        raise _corrupt(path, f"shard {path} has a corrupt header: padding bytes are not zero")
+    expected_size = HEADER_SIZE + count * code
+    if size != expected_size:
+        raise _corrupt(
+            path,
+            f"shard {path} is {'truncated' if size < expected_size else 'too long'}: "
+            f"{size} bytes, header says {count} tokens = {expected_size} bytes",
+        )
+    if expected_vocab_size is not None and vocab_size != expected_vocab_size:
+        raise _corrupt(
+            path,
+            f"shard {path} was written for vocab size {vocab_size}, expected {expected_vocab_size}",
+        )
+    return code, vocab_size, count
+
+
+def _corrupt(path: Path, message: str) -> DataError:
+    """``message``, and the command that rebuilds the shard's dataset when its folder says how
+    it was prepared (meta.json); preparing skips a folder that has one, hence the rm first."""
+    return DataError(f"{message}; {hint}" if (hint := rebuild_hint(path.parent)) else message)
+
+
+def rebuild_hint(folder: Path) -> str | None:
+    """``rebuild it: rm -rf <folder> && python -m qat.data.prepare ...`` from the folder's
+    meta.json (None without one): the exact command that prepares the same dataset again."""
+    import json
+    import shlex
+
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        args = ["--source", str(meta["source"]), "--vocab-size", str(int(meta["vocab_size"]))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # Only the settings that differ from prepare's defaults, so the command stays short.
+    for key, flag, default in (
+        ("val_fraction", "--val-fraction", 0.02),
+        ("seed", "--seed", 0),
+        ("max_train_tokens", "--max-train-tokens", None),
+    ):
+        if meta.get(key, default) != default:
+            args += [flag, str(meta[key])]
+    out = shlex.quote(str(folder))
+    if "tokenizer" in meta:  # a pretrained model's tokenizer, which only training passes in
+        return f"rebuild it: rm -rf {out} (the next training run prepares it again)"
+    command = " ".join(shlex.quote(a) for a in args)
+    return f"rebuild it: rm -rf {out} && python -m qat.data.prepare {command} --out {out}"

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from qat.errors import QatError
+from qat.errors import QatError, report
 from qat.export.errors import ExportError
 from qat.export.hf import export_hf
 from qat.export.packed import export_packed
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.log:
             _log(run, args.out, args.format, args.tracking_uri)
     except QatError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report(error)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"exported run {run.run_key} ({args.format}) to {args.out}: {size / 1e6:.2f} MB")
     return 0

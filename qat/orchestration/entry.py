@@ -1,15 +1,20 @@
-"""From a Hydra config to a finished run, turning every user-facing failure into one line."""
+"""From a Hydra config to a finished run, turning every user-facing failure into one line:
+``error: ...`` and exit 2 for a config error, 1 for a failure at run time; Ctrl-C prints where
+training stopped and exits 130."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from qat.cell import RunResult
 from qat.config import RunConfig
-from qat.errors import ConfigError, QatError, TrainingError
+from qat.errors import INTERRUPT_EXIT, ConfigError, Interrupted, QatError, TrainingError, report
+
+if TYPE_CHECKING:
+    from qat.cell import RunResult
 
 # Cells of this process's multirun that failed; GridCallback reports them at the end.
 FAILED_CELLS: list[str] = []
@@ -23,18 +28,31 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     # mode is Optional in HydraConf's schema but always set once Hydra runs a job.
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"  # type: ignore[union-attr]
     overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
+    config: RunConfig | None = None
+    started = False
     try:
         configure_slurm_job()
         config = RunConfig.from_dict(
             cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
         )
+        from qat.orchestration.preflight import preflight
+
+        preflight(config)
+        started = True
         result = _run(config)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: the cell is KILLED in MLflow, resumable
+        if config is None:
+            raise SystemExit(INTERRUPT_EXIT) from None
+        print(_interrupted_line(config, interrupt), file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPT_EXIT) from None
     except QatError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        code = report(error)
+        if not started and not multirun:
+            _discard_output_dir()  # nothing ran: leave no outputs/<date>/<time> behind
         # A config error applies to every cell alike: stop now. Other failures (a NaN loss in
         # one cell) let the rest of the grid run and make the whole command fail at the end.
         if isinstance(error, ConfigError) or not multirun:
-            raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
+            raise SystemExit(code) from None
         FAILED_CELLS.append(f"{overrides}: {error}")
         return None
     if result.skipped and not result.run_id:
@@ -47,6 +65,47 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
             flush=True,
         )
     return result.final_val_loss
+
+
+def _interrupted_line(config: RunConfig, interrupt: KeyboardInterrupt) -> str:
+    """``interrupted at <tokens> tokens of <cell>; rerun to resume``: the tokens of the
+    checkpoint written at the interrupt, else of the newest one a rerun resumes from."""
+    from qat.cell import run_name
+
+    tokens = interrupt.tokens if isinstance(interrupt, Interrupted) else None
+    if tokens is None:
+        from qat.checkpoint import latest_checkpoint
+
+        newest = latest_checkpoint(Path(config.run_dir) / config.run_key / "checkpoints")
+        tokens = newest.tokens if newest is not None else 0
+    cell = f"{run_name(config)} [{config.run_key}]"
+    return f"interrupted at {tokens:,} tokens of {cell}; rerun to resume"
+
+
+def _discard_output_dir() -> None:
+    """Remove what Hydra wrote for a job that never started (.hydra/ and its empty log), and the
+    folders above it that this left empty; anything else in them stays."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.output_subdir is not None:
+        shutil.rmtree(output_dir / str(hydra_cfg.output_subdir), ignore_errors=True)
+    log = output_dir / f"{hydra_cfg.job.name}.log"
+    if log.is_file() and log.stat().st_size == 0:
+        log.unlink()
+    cwd = Path.cwd().resolve()
+    for folder in (output_dir, output_dir.parent, output_dir.parent.parent):
+        if folder.resolve() == cwd or cwd.is_relative_to(folder.resolve()):
+            break
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            break
 
 
 def _run(config: RunConfig) -> RunResult:

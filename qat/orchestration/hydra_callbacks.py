@@ -13,7 +13,7 @@ class GridCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Before any cell runs: validate every cell, create the tracking store's schema (jobs
         racing on a fresh SQLite store crash), and register each trunk's branch points."""
-        from qat.errors import ConfigError, QatError
+        from qat.errors import QatError, report
         from qat.orchestration.grid import expand_grid
         from qat.orchestration.trunk_plan import register_branch_points
         from qat.tracking import ensure_store
@@ -35,8 +35,7 @@ class GridCallback(Callback):
 
                 PACKED_RESULTS.update(run_packs(packed))
         except QatError as error:
-            print(f"error: {error}", file=sys.stderr)
-            raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
+            raise SystemExit(report(error)) from None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from qat.orchestration.entry import FAILED_CELLS
