@@ -159,9 +159,9 @@ class Trainer:
                     self._log_window(window, lr, log, progress)
                 if periodic or pinned:
                     self.save(pinned=pinned)
-                if self.backend.stop_requested(state.step):  # SLURM asked: save, then requeue
+                if self.backend.stop_requested(state.step):  # SLURM or Ctrl-C: save, then stop
                     self.save(pinned=pinned)
-                    preemption.hand_over()
+                    preemption.hand_over(self.tokens_seen)
         progress.close()
 
     def _loss(self, batch: Batch) -> torch.Tensor:
