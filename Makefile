@@ -23,10 +23,16 @@ EXTRAS := dev,deepspeed,server,hf
 
 GRID ?= grid=smoke
 
-.PHONY: help setup demo test test-fast lint format mlflow-ui fit-law report status plan clean
+.PHONY: help setup demo test test-fast lint format mlflow-ui fit-law collect predict report status plan clean
 
-help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+help:  ## list the targets, then the commands that have none
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@echo "commands (python -m ... --help for each):"
+	@echo "  python train.py --help                 every key, its allowed values, the groups, the launchers"
+	@echo "  python -m qat.node_grid grid=...       a grid on this machine's GPUs, several workers per GPU"
+	@echo "  python -m qat.data.prepare             the corpus and tokenizer alone"
+	@echo "  python -m qat.export RUN --out DIR     a finished cell's quantized model"
+	@echo "  python -m qat.generate DIR --prompt .. text from an exported model"
 
 setup: $(STAMP)  ## create .venv and install everything (a CPU torch only if none is installed)
 
@@ -88,6 +94,17 @@ mlflow-ui: setup  ## the MLflow UI on http://127.0.0.1:5000 over the local store
 
 fit-law: setup  ## fit the law to EXPERIMENT's runs (or CSV=runs.csv) into LAW_OUT
 	$(BIN)/python -m analysis.fit_law $(if $(CSV),--csv $(CSV),--experiment $(EXPERIMENT)) --out $(LAW_OUT)
+
+RUNS_CSV ?= runs.csv
+collect: setup  ## EXPERIMENT's finished runs as a table, one row a run, into RUNS_CSV
+	$(BIN)/python -m analysis.collect --experiment $(EXPERIMENT) --out $(RUNS_CSV)
+
+LAW ?= $(LAW_OUT)/law.json
+N ?= 1e8
+TOKENS ?= 1e10
+BITS ?= 4
+predict: setup  ## the optimal QAT fraction and loss from LAW at N= TOKENS= BITS= (e.g. N=1.2e9)
+	$(BIN)/python -m analysis.predict --law $(LAW) --n $(N) --tokens $(TOKENS) --bits $(BITS)
 
 MINI_CSV ?= results/mini/runs.csv
 MINI_OUT ?= results/mini
