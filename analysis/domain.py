@@ -131,7 +131,9 @@ def bits_problem(domain: Mapping[str, Any], bits: float) -> str | None:
     if any(math.isclose(bits, b) for b in fitted):
         return None
     fp_fitted = any(b >= FP_BITS for b in fitted)
-    if bits >= FP_BITS and not fp_fitted:
+    if bits >= FP_BITS and fp_fitted:
+        return None  # every width from 16 up is full precision: one and the same loss
+    if bits >= FP_BITS:
         return (
             f"bits={bits_key(bits)} (full precision): the law was fitted on no full-precision runs "
             f"(bits {describe_bits(fitted)}), so its FP loss is the formula's B → ∞ limit"

@@ -121,6 +121,12 @@ def test_full_precision_is_answered_by_a_law_fitted_on_fp_runs(laws, capsys):
         "full precision: no QAT phase",
         f"predicted loss:       {loss:.4f} nats/token (vocabulary unknown)",
     ]
+    # Any width from 16 up is full precision; below it the FP law has nothing to say.
+    assert (
+        ask(capsys, "--law", "fp.json", "--n", "1e8", "--tokens", "2e10", "--bits", "32")[1] == out
+    )
+    code, _, err = ask(capsys, "--law", "fp.json", "--n", "1e8", "--tokens", "2e10", "--bits", "4")
+    assert code == 2 and "fitted on bits 16 only" in err
 
 
 def test_losses_name_their_unit_and_the_vocabulary(laws, capsys):
