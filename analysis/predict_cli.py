@@ -41,8 +41,8 @@ def _waste_text(wasted: float, frac: float = WASTE_FRAC) -> str:
     return f"{100 * wasted:.1f}% more tokens to match it"
 
 
-def _count(flag: str, value: str | None) -> float | None:
-    return None if value is None else float(parse_count(value, flag))
+def _count(flag: str, value: str | None, unit: str) -> float | None:
+    return None if value is None else float(parse_count(value, flag, unit))
 
 
 def _number(flag: str, value: str | None) -> float | None:
@@ -225,10 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the answer as JSON")
     args = ap.parse_args(argv)
     try:
-        n = _count("--n", args.n)
-        tokens = _count("--tokens", args.tokens)
-        pretrained = _count("--pretrained-tokens", args.pretrained_tokens)
-        flops = _count("--flops", args.flops)
+        n = _count("--n", args.n, "parameters")
+        tokens = _count("--tokens", args.tokens, "tokens")
+        pretrained = _count("--pretrained-tokens", args.pretrained_tokens, "tokens")
+        flops = _count("--flops", args.flops, "FLOPs")
         bits = _number("--bits", args.bits)
         memory_gb = _number("--memory-gb", args.memory_gb)
         if memory_gb is not None:

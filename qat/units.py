@@ -15,11 +15,12 @@ _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s
 ACCEPTED = "e.g. 2000000, 2e6, 2M, 2.5k or 1.5B (suffixes K M B/G T, case-insensitive)"
 
 
-def parse_count(value: object, name: str = "tokens") -> int:
+def parse_count(value: object, name: str = "tokens", unit: str = "tokens") -> int:
     """Parse a positive count given as int, float (2e6) or string with suffix (2M, 1.5B, 2.5k).
 
     `name` is how the caller's user wrote the value (a config key, or a CLI flag such as
-    ``--tokens``); an error is one line that names it and the accepted forms.
+    ``--tokens``), `unit` what it counts; an error is one line that names it and the accepted
+    forms.
     """
     if isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} is not a count; use {ACCEPTED}")
@@ -31,7 +32,7 @@ def parse_count(value: object, name: str = "tokens") -> int:
             raise ConfigError(f"{name}={value!r} is not a count; use {ACCEPTED}")
         number = float(match.group(1)) * _SUFFIXES[match.group(2).upper()]
     if not number > 0 or number != number or number == float("inf"):
-        raise ConfigError(f"{name}={value!r} must be a positive count; use {ACCEPTED}")
+        raise ConfigError(f"{name}={value!r} must be a positive number of {unit}; use {ACCEPTED}")
     return round(number)
 
 
