@@ -45,6 +45,8 @@ def test_01_paper_predictions_runs_on_the_shipped_law():
     text = outputs(nb)
     assert "ILLUSTRATIVE" in text and "paper f̂(S)" in text
     assert images(nb) == 4
+    # Waste in the one unit of law.md and analysis.predict; the fit's health under the law.
+    assert "wasted_pct" in text and "fit health: " in text
 
 
 def test_02_fits_the_runs_in_mlflow(mlflow_store, tmp_path):
