@@ -249,7 +249,9 @@ class PackedTrainer:
         """Train every member to its end (or until a requeue is requested)."""
         progress = _progress_bar(self.total_steps, self.step, self.config.trainer.progress)
         interval = max(1, math.ceil(self.config.trainer.ckpt_every_frac * self.total_steps))
-        with preemption.training_loop():
+        # A deadline (node_grid) or Ctrl-C stops a pack at a step boundary with a checkpoint, so
+        # a rerun resumes every member from there instead of from the last periodic one.
+        with preemption.training_loop(defer_interrupt=True):
             while True:
                 self._boundary()
                 if not self.rows:
@@ -270,6 +272,10 @@ class PackedTrainer:
                     self.save()
                     progress.close()
                     preemption.hand_over()
+                if preemption.interrupted():
+                    self.save()
+                    progress.close()
+                    raise KeyboardInterrupt
         progress.close()
 
     def _event_at(self, step: int) -> bool:
