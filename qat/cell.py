@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from qat.config import RunConfig, flatten
 from qat.data import DatasetInfo, default_data_dir, prepare
+from qat.data.split import evaluation_note
 from qat.engine import Trainer, effective_precision, make_backend
 from qat.errors import ConfigError
 from qat.pretrained import given_tokenizer, load_pretrained, strip_prefix
@@ -52,14 +53,18 @@ def load_data(config: RunConfig) -> DatasetInfo:
     """The cell's prepared dataset (prepared now if this machine has not yet)."""
     data, init = config.data, config.init.source
     out_dir = Path(data.cache_dir) if data.cache_dir else None
-    return prepare(
+    info = prepare(
         data.source,
         out_dir or default_data_dir(data.source, data.vocab_size, tokenizer=init),
         vocab_size=data.vocab_size,
         val_fraction=data.val_fraction,
         # A pretrained start reads the data with its own tokenizer.
         tokenizer=given_tokenizer(init) if init is not None else None,
+        min_val_tokens=data.eval_tokens,
     )
+    if (note := evaluation_note(info.n_val_tokens, data.eval_tokens, data.seq_len)) is not None:
+        print(note, flush=True)
+    return info
 
 
 def run_cell(config: RunConfig) -> RunResult:
