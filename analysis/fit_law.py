@@ -29,6 +29,7 @@ from analysis.fit import DEFAULT_DELTA, FitResult, fit
 from analysis.health import health_lines
 from analysis.law import LAWS
 from analysis.report import write_report
+from qat.tracking import classic_experiment
 
 ANALYSIS_EXPERIMENT = "analysis"
 REPORT_NAME = "law.md"
@@ -38,8 +39,7 @@ log = logging.getLogger("analysis.fit_law")
 def log_to_mlflow(result: FitResult, out: Path, source: str, tracking_uri: str | None) -> str:
     """Log a fit (settings, R², parameters, every file under `out`) as a run of `analysis`."""
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
-    exp = client.get_experiment_by_name(ANALYSIS_EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(ANALYSIS_EXPERIMENT)
+    exp_id = classic_experiment(client, ANALYSIS_EXPERIMENT)  # the UI's runs table, not GenAI
     fitted = result.fitted
     run = client.create_run(
         exp_id, run_name=f"fit-{fitted.law.name}", tags={"source": source, "law": fitted.law.name}

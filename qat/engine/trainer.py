@@ -173,12 +173,13 @@ class Trainer:
     def _log_window(self, window: _Window, lr: float, log: MetricLog, progress: Any) -> None:
         mean_loss, speed = window.flush(self.plan.tokens_per_step)
         mean_loss = self.backend.reduce_sum([mean_loss])[0] / self.backend.world_size
+        # Logged before the check: a diverged run's record shows where it diverged.
+        log({TRAIN_LOSS: mean_loss, TRAIN_LR: lr, TRAIN_SPEED: speed}, self.tokens_seen)
         if not math.isfinite(mean_loss):
             raise TrainingError(
                 f"training loss is {mean_loss} at step {self.step} "
                 f"({self.tokens_seen} tokens); lower optim.lr or check the data"
             )
-        log({TRAIN_LOSS: mean_loss, TRAIN_LR: lr, TRAIN_SPEED: speed}, self.tokens_seen)
         phase = "qat" if self.state.quantized else "fp"
         progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{speed:,.0f}", phase=phase)
 

@@ -27,6 +27,7 @@ def analysis_runs(uri: str) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(ANALYSIS_EXPERIMENT)
     assert exp is not None, "no analysis experiment was created"
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"  # not GenAI
     return client.search_runs([exp.experiment_id])
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nbformat
 from nbclient import NotebookClient
 
@@ -58,6 +60,19 @@ def test_02_fits_the_runs_in_mlflow(mlflow_store, tmp_path):
     text = outputs(nb)
     assert f"54 runs from mlflow:{GRID_EXPERIMENT}" in text
     assert (out / "law.json").is_file() and (out / "plots" / "iso_loss.png").is_file()
+
+
+def test_02_says_loudly_it_fits_synthetic_data_and_writes_nothing_in_the_repo(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    written_there = ("mlflow.db", "outputs", "mlruns")
+    before = {name for name in written_there if (REPO / name).exists()}
+    # An experiment no store holds: synthetic whether or not a ./mlflow.db exists here.
+    nb = execute("02_fit_your_grid.ipynb", 'EXPERIMENT = "no-such-experiment"\nSTARTS = 4')
+    text = outputs(nb)
+    assert "WARNING: SYNTHETIC DATA: no finished runs of experiment 'no-such-experiment'" in text
+    report = next(line for line in text.splitlines() if "report folder" in line).split()[-1]
+    assert (Path(report) / "law.json").is_file() and not Path(report).is_relative_to(REPO)
+    assert {name for name in written_there if (REPO / name).exists()} == before
 
 
 def test_repro_runs_on_a_grid_with_seeds(tmp_path):
