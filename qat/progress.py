@@ -333,12 +333,11 @@ class GridCounts:
         ]
         return ", ".join(states)
 
-    def tokens_text(self) -> str:
-        percent = 100 * self.tokens_done / max(self.tokens_total, 1)
-        return (
-            f"{format_tokens(self.tokens_done)}/{format_tokens(self.tokens_total)} tokens "
-            f"({percent:.0f}%), {_speed(self.tokens_per_s)}, ETA {format_duration(self.eta_s())}"
-        )
+    def tokens_text(self, percent: bool = True) -> str:
+        done = f"{format_tokens(self.tokens_done)}/{format_tokens(self.tokens_total)} tokens"
+        if percent:
+            done += f" ({100 * self.tokens_done / max(self.tokens_total, 1):.0f}%)"
+        return f"{done}, {_speed(self.tokens_per_s)}, ETA {format_duration(self.eta_s())}"
 
     def summary(self) -> str:
         return f"grid: {self.cells_text()}, {self.tokens_text()}"
@@ -380,7 +379,7 @@ class GridBar:
             self._bar.total = max(counts.tokens_total, 1)
             self._bar.n = min(counts.tokens_done, counts.tokens_total)
             self._bar.set_description_str(f"grid: {counts.cells_text()}", refresh=False)
-            self._bar.unit = counts.tokens_text()
+            self._bar.unit = counts.tokens_text(percent=False)  # the bar shows it
             self._bar.refresh()
             return
         now = time.monotonic()

@@ -53,8 +53,9 @@ class GridCallback(Callback):
         from qat import progress
         from qat.orchestration.entry import FAILED_CELLS
 
-        grid, key = progress.active_grid(), _run_key(config)
         self._failed_before = len(FAILED_CELLS)
+        grid = progress.active_grid()
+        key = _run_key(config) if grid is not None else None
         if grid is not None and key is not None:
             grid.start_cell(key)
 
@@ -64,7 +65,8 @@ class GridCallback(Callback):
         from qat import progress
         from qat.orchestration.entry import FAILED_CELLS
 
-        grid, key = progress.active_grid(), _run_key(config)
+        grid = progress.active_grid()
+        key = _run_key(config) if grid is not None else None
         if grid is not None and key is not None:
             failed = (
                 job_return.status == JobStatus.FAILED or len(FAILED_CELLS) > self._failed_before
@@ -99,13 +101,12 @@ def _swept_keys(sweeper_params: dict[str, str], overrides: list[str]) -> list[st
 
 
 def _run_key(config: DictConfig) -> str | None:
-    """The run key of a job's cell; None for a config that does not validate (its job reports
-    why)."""
+    """The run key of a job's cell, for the grid's bar; None for a config that does not
+    validate (the job itself reports why)."""
     from qat.config import RunConfig
-    from qat.errors import QatError
 
-    tree = cast("dict[str, Any]", OmegaConf.to_container(config, resolve=True))
     try:
+        tree = cast("dict[str, Any]", OmegaConf.to_container(config, resolve=True))
         return RunConfig.from_dict({k: v for k, v in tree.items() if k != "hydra"}).run_key
-    except QatError:
+    except Exception:  # a display only: it never stops a job
         return None

@@ -4,7 +4,8 @@ Each worker is a ``train.py -m`` of one sub-grid (the sweep split by the keys of
 Python start per sub-grid, not per cell); workers take sub-grids from a queue, biggest first as
 the grid file lists them. Every trunk's branch points are registered before any worker starts,
 so no trunk prefix is trained twice. At the deadline workers are stopped with SIGINT (the MLflow
-run is marked KILLED and resumes from its checkpoint next time).
+run is marked KILLED and resumes from its checkpoint next time). Meanwhile the grid's bar reads
+the run store (each cell's metrics.jsonl and claim): cells done / total, tokens, ETA.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""The progress display off a terminal (a CI log, a SLURM .out file): named cells, token counts,
-the grid's counter, plain lines and no carriage returns. On a terminal: tests/integration."""
+"""The progress display: named cells, token counts, the grid's counter; off a terminal (a CI log,
+a SLURM .out file) plain lines and no carriage returns. A grid on a real terminal:
+tests/integration/test_progress.py."""
 
 from __future__ import annotations
+
+import io
+import sys
 
 import pytest
 
@@ -74,3 +78,27 @@ def test_a_grid_counts_cells_tokens_and_failures(capsys, every_update, request):
     assert grid_lines[0] == "grid: 0/2 cells, 0/4K tokens (0%), ? tok/s, ETA ?"
     assert grid_lines[-1].startswith("grid: 2/2 cells, 1 failed, 4K/4K tokens (100%), ")
     assert any(line.startswith("a: 600/1K tokens (60%)") for line in err.splitlines())
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("seconds_per_step", "reads"), [(3.0, 5), (0.1, 1)])
+def test_on_a_terminal_the_loss_is_at_most_two_seconds_old(monkeypatch, seconds_per_step, reads):
+    """A slow run shows the loss of every step, a fast one reads it (a device sync) every 2 s."""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    read = []
+    with CellProgress("nano b4 f0.3 2M s0", total=500) as bar:
+        for step in range(5):
+            now[0] += seconds_per_step
+            bar.advance(100, lambda step=step: read.append(step) or 3.0 - step)
+    assert len(read) == reads
+    assert sys.stderr is terminal  # the routing above the bar is undone
+    shown = terminal.getvalue()
+    assert "nano b4 f0.3 2M s0: 100%" in shown and "500/500" in shown
+    assert f"loss={3.0 - read[-1]:.3f}" in shown
