@@ -230,7 +230,9 @@ def extend_trunk(config: RunConfig, data: DatasetInfo) -> Callable[[TrunkStore, 
     def extend(store: TrunkStore, until: int) -> None:
         start = store.latest_before(until)
         backend = make_backend(config)
-        trainer = Trainer(config, data, store.checkpoint_dir, backend, resume=start)
+        trainer = Trainer(
+            config, data, store.checkpoint_dir, backend, resume=start, label=f"trunk {store.key}"
+        )
         sink = JsonlSink(store.dir / "metrics.jsonl")
         print(f"[trunk {store.key}] training steps {trainer.step}..{until}", flush=True)
         warmup = warmup_steps(config.schedule, trainer.plan.tokens_per_step)
