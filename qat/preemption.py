@@ -1,26 +1,22 @@
-"""Checkpoint-then-stop on SLURM's pre-timeout / preemption signal and on Ctrl-C.
+"""Checkpoint-then-requeue on SLURM's pre-timeout / preemption signal.
 
 submitit's handler for the signal requeues the job and exits at once, wherever the training
 loop happens to be. We defer it: while the loop runs, the signal only sets a flag; at the next
 step boundary the loop writes a consistent checkpoint and then hands over to submitit's handler,
 which requeues the job. The requeued job resumes from that checkpoint.
-
-Ctrl-C (SIGINT) is deferred the same way: the loop checkpoints at the next step boundary and
-raises :class:`qat.errors.Interrupted`, so a rerun resumes exactly there. A second Ctrl-C before
-that boundary stops at once.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from qat.errors import Interrupted
-
 _pending: list[tuple[Callable[..., Any], int]] = []
 _in_loop = False
+_interrupted = False
 _installed = False
 
 
@@ -42,52 +38,43 @@ def install(signum: int = signal.SIGUSR2) -> None:
 
 
 @contextmanager
-def training_loop() -> Iterator[None]:
-    global _in_loop
+def training_loop(defer_interrupt: bool = False) -> Iterator[None]:
+    """While the loop runs, a preemption signal is deferred to the next step boundary; with
+    ``defer_interrupt`` so is the first Ctrl-C/SIGINT (``interrupted()``), so the loop can
+    checkpoint before it stops. A second SIGINT stops at once."""
+    global _in_loop, _interrupted
     _in_loop = True
-    previous = _defer_interrupt()
+    _interrupted = False
+    previous = None
+    if defer_interrupt and threading.current_thread() is threading.main_thread():
+
+        def note_interrupt(number: int, frame: Any) -> None:
+            global _interrupted
+            if _interrupted:
+                raise KeyboardInterrupt
+            _interrupted = True
+
+        previous = signal.signal(signal.SIGINT, note_interrupt)
     try:
         yield
     finally:
         _in_loop = False
+        _interrupted = False
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def interrupted() -> bool:
+    """A deferred SIGINT is waiting: checkpoint, then raise KeyboardInterrupt."""
+    return _interrupted
 
 
 def requested() -> bool:
     return bool(_pending)
 
 
-def hand_over(tokens: int | None = None) -> None:
-    """Run the deferred handler (submitit: checkpoint the callable, requeue, exit; Ctrl-C: raise
-    Interrupted at ``tokens``, the checkpoint just written)."""
+def hand_over() -> None:
+    """Run the deferred handler (submitit: checkpoint the callable, requeue, exit)."""
     handler, number = _pending.pop()
     _pending.clear()
-    if handler is _interrupt:
-        raise Interrupted(tokens)
     handler(number, None)
-
-
-def _defer_interrupt() -> Any:
-    """Defer SIGINT to the next step boundary; the handler it replaced (None: left alone, as
-    off the main thread, where signals cannot be set, or under someone else's handler)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.default_int_handler:
-        return None
-    signal.signal(signal.SIGINT, _on_interrupt)
-    return previous
-
-
-def _on_interrupt(number: int, frame: Any) -> None:
-    if any(handler is _interrupt for handler, _ in _pending):
-        raise KeyboardInterrupt  # Ctrl-C twice: do not wait for the step to end
-    _pending.append((_interrupt, number))
-
-
-def _interrupt(number: int, frame: Any) -> None:
-    """Marks a deferred Ctrl-C in ``_pending`` (hand_over raises Interrupted instead)."""
-    raise Interrupted()

@@ -41,7 +41,7 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
         started = True
         result = _run(config)
     except KeyboardInterrupt as interrupt:  # Ctrl-C: the cell is KILLED in MLflow, resumable
-        if config is None:
+        if config is None:  # before the config was read: nothing started
             raise SystemExit(INTERRUPT_EXIT) from None
         print(_interrupted_line(config, interrupt), file=sys.stderr, flush=True)
         raise SystemExit(INTERRUPT_EXIT) from None
@@ -70,15 +70,17 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
 def _interrupted_line(config: RunConfig, interrupt: KeyboardInterrupt) -> str:
     """``interrupted at <tokens> tokens of <cell>; rerun to resume``: the tokens of the
     checkpoint written at the interrupt, else of the newest one a rerun resumes from."""
-    from qat.cell import run_name
+    from qat.tracking import run_name
 
     tokens = interrupt.tokens if isinstance(interrupt, Interrupted) else None
     if tokens is None:
         from qat.checkpoint import latest_checkpoint
 
         newest = latest_checkpoint(Path(config.run_dir) / config.run_key / "checkpoints")
-        tokens = newest.tokens if newest is not None else 0
-    cell = f"{run_name(config)} [{config.run_key}]"
+        tokens = newest.tokens if newest is not None else None
+    cell = run_name(config)  # as the MLflow run is named
+    if tokens is None:  # stopped before its first checkpoint, or a pack's member
+        return f"interrupted {cell}; rerun to resume"
     return f"interrupted at {tokens:,} tokens of {cell}; rerun to resume"
 
 

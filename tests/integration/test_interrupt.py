@@ -42,12 +42,13 @@ def test_ctrl_c_stops_with_one_line_and_a_rerun_resumes(tmp_path, data_root):
     assert "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if "interrupted" in line]
     match = re.fullmatch(
-        r"interrupted at ([\d,]+) tokens of nano-b4-f0\.3-t1\.2e\+04 \[([0-9a-f]{16})\]; "
+        rf"interrupted at ([\d,]+) tokens of nano-b4-f0\.3-t12K-s0-bundled-v{VOCAB}-(\w{{6}}); "
         r"rerun to resume",
         line,
     )
     assert match, line
-    tokens, key = int(match.group(1).replace(",", "")), match.group(2)
+    tokens = int(match.group(1).replace(",", ""))
+    (key,) = [p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith(match.group(2))]
     assert 0 < tokens < 12_000
     assert (tmp_path / "runs" / key / "checkpoints" / str(tokens)).is_dir()  # saved at the stop
     (run,) = runs(tmp_path)
