@@ -18,7 +18,7 @@ class GridCallback(Callback):
         racing on a fresh SQLite store crash), register each trunk's branch points, and show the
         grid's bar when the cells train in this process."""
         from qat import progress
-        from qat.errors import QatError, report
+        from qat.errors import INTERRUPT_EXIT, QatError, report
         from qat.orchestration.grid import expand_grid
         from qat.orchestration.trunk_plan import register_branch_points, unique_cells
         from qat.schedule import plan_phases
@@ -47,6 +47,10 @@ class GridCallback(Callback):
         except QatError as error:
             progress.end_grid()
             raise SystemExit(report(error)) from None
+        except KeyboardInterrupt:  # Ctrl-C while the packs train: their runs are KILLED
+            progress.end_grid()
+            print("interrupted the grid's packs; rerun to resume", file=sys.stderr, flush=True)
+            raise SystemExit(INTERRUPT_EXIT) from None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from qat import progress
