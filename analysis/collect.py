@@ -23,6 +23,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis.errors import AnalysisError
+from qat.errors import QatError, report
+from qat.orchestration.preflight import check_tracking
 from qat.tracking_schema import (
     BITS,
     FINAL_METRIC,
@@ -256,10 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        check_tracking(args.tracking_uri)  # a dead server: one line now, not after retries
         runs = export(args.experiment, args.out, args.tracking_uri)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except QatError as e:  # the tracking store failed: a run-time error
+        return report(e)
     log.info("wrote %d runs to %s", len(runs), args.out)
     return 0
 

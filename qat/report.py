@@ -20,6 +20,7 @@ import pandas as pd
 
 from qat.errors import QatError
 from qat.errors import report as report_error
+from qat.orchestration.preflight import check_tracking
 from qat.tracking import Tracker
 from qat.tracking_schema import (
     ANALYSIS_TAG,
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_plots and args.plots is None:
         parser.error("--log-plots needs --plots DIR")
     try:
+        check_tracking(args.tracking_uri)  # a dead server: one line now, not after retries
         tracker = Tracker(args.tracking_uri, args.experiment)
         reports = group_reports(cell_runs(tracker))
         if not reports:
