@@ -27,14 +27,18 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
 
     # mode is Optional in HydraConf's schema but always set once Hydra runs a job.
     multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"  # type: ignore[union-attr]
-    overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
+    # As typed: an override holding an interpolation (bits=${oc.env:X}) is not resolved here.
+    task = (
+        OmegaConf.to_container(HydraConfig.get().overrides.task)
+        if HydraConfig.initialized()
+        else []
+    )
+    overrides = " ".join(map(str, cast("list[Any]", task)))
     config: RunConfig | None = None
     started = False
     try:
         configure_slurm_job()
-        config = RunConfig.from_dict(
-            cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
-        )
+        config = RunConfig.from_dict(_resolved(cfg))
         from qat.orchestration.preflight import preflight
 
         preflight(config)
@@ -65,6 +69,17 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
             flush=True,
         )
     return result.final_val_loss
+
+
+def _resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain values; an interpolation that cannot resolve (an unset ${oc.env:X})
+    is a config error like any other."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as error:
+        raise ConfigError(str(error).strip().splitlines()[0]) from None
 
 
 def _interrupted_line(config: RunConfig, interrupt: KeyboardInterrupt) -> str:
