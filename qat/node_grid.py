@@ -58,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--gpus {gpus}, but {torch.cuda.device_count()} are visible")
     base = [o for o in args.overrides if o not in ("-m", "--multirun")]
     split = [k for k in args.split.split(",") if k]
+    from qat.errors import QatError, report
+    from qat.orchestration.grid import expand_grid
+    from qat.orchestration.preflight import check_tracking
+
+    try:  # every cell valid and the tracking server up, before any worker starts
+        for uri in sorted({config.tracking.uri for config in expand_grid(base)}):
+            check_tracking(uri)
+    except QatError as error:
+        return report(error)
     return run_grid(base, gpus, args.workers_per_gpu, split, args.deadline, args.log_dir)
 
 

@@ -65,6 +65,7 @@ def test_cfg_job_validates(tmp_path):
     ("command", "code", "message"),
     [
         (("qat.plan", "grid=smoke", "bit=4"), 2, "unknown key 'bit'; did you mean 'bits'?"),
+        (("qat.node_grid", "grid=smoke", "model=nope", "--gpus=0"), 2, "model=nope is not a model"),
         (("qat.export", "grid=smoke", "bits=5", "--out", "x"), 2, "bits=5 is not supported"),
         (("qat.status", "grid=smoke", "tracking.uri=http://127.0.0.1:{port}"), 1, "not reachable"),
         (
@@ -80,8 +81,8 @@ def test_cfg_job_validates(tmp_path):
     ],
 )
 def test_grid_commands_share_the_error_style(tmp_path, command, code, message):
-    """plan, status, export and collect report like train.py: one line, 2 for config, 1 at run
-    time."""
+    """plan, node_grid, status, export and collect report like train.py: one line, 2 for
+    config, 1 at run time."""
     argv = [word.format(port=unused_port()) for word in command]
     result = subprocess.run(
         [sys.executable, "-m", *argv],
