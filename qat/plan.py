@@ -56,8 +56,8 @@ def print_estimates(cells: list[RunConfig], plans: list[TrunkPlan], rate: float 
     total = sum(tokens.values())
     devices, measurements = load_measurements()
     print(
-        f"time to train {format_count(total)} tokens, one cell at a time (training only: "
-        "evaluation and start-up add to it; rates from qat/throughput.yaml, docs/plan.md):"
+        f"time to train {format_count(total)} tokens, one cell at a time (training alone, at "
+        "the rates in docs/plan.md):"
     )
     for device, name in devices.items():
         rows = [m for m in measurements if m.device == device]
