@@ -106,3 +106,42 @@ def test_a_bad_rate_is_one_line_and_exit_2(rate, capsys):
 def test_a_rate_flag_without_a_value_is_refused(capsys):
     assert plan_main(["grid=smoke", "--tokens-per-s"]) == 2
     assert "needs a value" in capsys.readouterr().err
+
+
+def test_docs_show_every_measurement_of_the_table():
+    """docs/plan.md's table and qat/throughput.yaml list the same rates."""
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "plan.md").read_text()
+    devices, measurements = load_measurements()
+    shown = {
+        tuple(cell.strip() for cell in line.strip("|").split("|")[:5])
+        for line in docs.splitlines()
+        if line.startswith("| ") and not line.startswith(("| device", "| ---"))
+    }
+    assert {
+        (devices[m.device], m.model, str(m.vocab_size), str(m.seq_len), f"{m.tokens_per_s:,.0f}")
+        for m in measurements
+    } <= shown
+
+
+def cpu_rate(config) -> float:
+    _, measurements = load_measurements()
+    rate = rate_for(config, [m for m in measurements if m.device == "cpu-2"])
+    assert not rate.scaled  # the shape itself is in the table
+    return rate.tokens_per_s
+
+
+def test_the_defaults_train_in_under_half_a_minute_on_2_cpu_cores():
+    """`python train.py` answers in about a minute: training within 30 s at the measured rate,
+    start-up and the two evaluations adding about as much again (docs/plan.md)."""
+    (config,) = expand_grid([], {})
+    assert config.tokens / cpu_rate(config) <= 30
+
+
+def test_the_demo_grid_trains_in_under_half_a_minute_on_2_cpu_cores():
+    """`make demo` answers in about a minute: the smoke grid's tokens (shared trunks counted
+    once) train within 30 s at the measured rate."""
+    cells = expand_grid(["grid=smoke"])
+    _, _, shared = plan_grid(cells)
+    assert shared / cpu_rate(cells[0]) <= 30
