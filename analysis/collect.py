@@ -40,7 +40,9 @@ REQUIRED = ("N", "D_fp", "D_qat", "B", "loss")
 # MLflow param → column; all are required of a FINISHED run (qat.tracking_schema).
 _PARAMS = {N_PARAMS: "N", TOKENS_FP: "D_fp", TOKENS_QAT: "D_qat", BITS: "B"}
 # Columns kept as text when a file is read back (a hex run id can look like a number: "1e5...").
-TEXT_COLUMNS = ("run_id", "run_key", "model", "seed")
+TEXT_COLUMNS = ("run_id", "run_key", "model", "seed", "data", "vocab_size")
+# Config params that name the data a loss was measured on: a loss is in nats per token of it.
+DATA_SOURCE, VOCAB_SIZE = "data.source", "data.vocab_size"
 _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -187,6 +189,9 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
             row["run_key"] = run.data.tags.get("run_key", "")
             row["model"] = params.get(MODEL_NAME, "")
             row["seed"] = params.get("seed", "")
+            for param, col in ((DATA_SOURCE, "data"), (VOCAB_SIZE, "vocab_size")):
+                if param in params:  # absent from runs logged without a data config
+                    row[col] = params[param]
             rows.append(row)
         token = page.token
         if not token:

@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from analysis.collect import prepare
+from analysis.domain import domain_of
 from analysis.errors import AnalysisError
 from analysis.law import FP_BITS, FittedLaw, Law, bits_key, get_law
 
@@ -352,5 +353,6 @@ def fit(
         n_points=len(used),
         settings=settings,
         ci=ci,
+        domain=domain_of(used),
     )
     return FitResult(fitted, residuals, dropped, objs, boot, problem, best_xc)

@@ -3,8 +3,10 @@
     python -m analysis.fit_law [--experiment NAME | --csv FILE] [--law qat|chinchilla]
         [--tracking-uri URI] [--starts N] [--bootstrap N] --out DIR
 
-Writes DIR/law.json, DIR/residuals.csv, DIR/plots/*.png|pdf and DIR/law.md (the report), and logs
-them as a run of the MLflow experiment `analysis` at the same tracking URI. The report is law.md,
+Writes DIR/law.json (with the fitted runs' domain), DIR/residuals.csv, DIR/plots/*.png|pdf and
+DIR/law.md (the report, with the fit's health), and logs them as a run of the MLflow experiment
+`analysis` at the same tracking URI. The CLI's last lines are the fit's health: parameters at
+their bounds, an irreducible loss of about 0, exponents of the wrong sign. The report is law.md,
 not summary.md, so that `reports.mini` (which writes the same law files) can share DIR.
 """
 
@@ -24,8 +26,10 @@ from mlflow.tracking import MlflowClient
 from analysis.collect import load_runs, resolve_tracking_uri
 from analysis.errors import AnalysisError
 from analysis.fit import DEFAULT_DELTA, FitResult, fit
+from analysis.health import health_lines
 from analysis.law import LAWS
 from analysis.report import write_report
+from qat.tracking import classic_experiment
 
 ANALYSIS_EXPERIMENT = "analysis"
 REPORT_NAME = "law.md"
@@ -35,8 +39,7 @@ log = logging.getLogger("analysis.fit_law")
 def log_to_mlflow(result: FitResult, out: Path, source: str, tracking_uri: str | None) -> str:
     """Log a fit (settings, R², parameters, every file under `out`) as a run of `analysis`."""
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
-    exp = client.get_experiment_by_name(ANALYSIS_EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(ANALYSIS_EXPERIMENT)
+    exp_id = classic_experiment(client, ANALYSIS_EXPERIMENT)  # the UI's runs table, not GenAI
     fitted = result.fitted
     run = client.create_run(
         exp_id, run_name=f"fit-{fitted.law.name}", tags={"source": source, "law": fitted.law.name}
@@ -139,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_mlflow:
         rid = log_to_mlflow(result, args.out, source, args.tracking_uri)
         log.info("logged MLflow run %s to experiment %r", rid, ANALYSIS_EXPERIMENT)
+    # Last, where a reader looks: a high R² does not make a fit trustworthy.
+    for line in health_lines(f):
+        log.info("%s", line)
     return 0
 
 

@@ -25,6 +25,8 @@ from analysis.errors import AnalysisError
 
 LN2 = math.log(2.0)
 FP_BITS = 16.0  # runs at this bit width (or above) are full precision: no QAT phase
+# What a law's recorded domain must hold (see analysis.domain).
+DOMAIN_KEYS = ("N", "D_total", "D_fp", "D_qat", "S_total", "qat_frac", "loss", "bits")
 FEATURES = ("log_D", "log_N", "B_ln2", "log_S_fp", "log_S_qat")
 
 
@@ -336,6 +338,9 @@ class FittedLaw:
     n_points: int
     settings: dict
     ci: dict[str, tuple[float, float]] | None = None
+    # The ranges of the fitted runs (`analysis.domain.domain_of`); None for a law saved before
+    # domains were recorded, whose predictions then cannot say when they extrapolate.
+    domain: dict | None = None
 
     def loss(self, N: ArrayLike, D_fp: ArrayLike, D_qat: ArrayLike, B: ArrayLike) -> np.ndarray:
         """Predicted loss at runs given by broadcastable arrays (tokens, parameters, bits)."""
@@ -355,6 +360,7 @@ class FittedLaw:
             "n_points": self.n_points,
             "settings": self.settings,
             "ci": None if self.ci is None else {k: list(v) for k, v in self.ci.items()},
+            "domain": self.domain,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -371,6 +377,11 @@ class FittedLaw:
         law = get_law(d["law"])
         law.to_internal(d["params"])  # validates names and positivity
         ci = d.get("ci")
+        domain = d.get("domain")
+        if domain is not None:
+            missing = [k for k in DOMAIN_KEYS if k not in domain]
+            if missing:
+                raise AnalysisError(f"law JSON's domain lacks {missing}; refit to rewrite it")
         return cls(
             law=law,
             params={n: float(d["params"][n]) for n in law.param_names},
@@ -379,6 +390,7 @@ class FittedLaw:
             n_points=int(d.get("n_points", 0)),
             settings=dict(d.get("settings", {})),
             ci=None if ci is None else {k: (float(v[0]), float(v[1])) for k, v in ci.items()},
+            domain=None if domain is None else dict(domain),
         )
 
 

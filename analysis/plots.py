@@ -126,7 +126,7 @@ def wasted_tokens(table: pd.DataFrame) -> Figure:
     ax = fig.subplots()
     colors = _palette(table.B)
     for b, g in table.groupby("B"):
-        ax.plot(g.D_total, 100 * g.wasted, marker="o", ms=3, color=colors[b], label=_bits_label(b))
+        ax.plot(g.D_total, g.wasted_pct, marker="o", ms=3, color=colors[b], label=_bits_label(b))
     frac = table.frac.iloc[0]
     n = table.N.iloc[0]
     ax.set_xscale("log")

@@ -5,14 +5,13 @@ whose loss is the law's Chinchilla part α + β/D^γ + ζ/N^η, i.e. the qat law
 that rather than a separately fitted chinchilla law so that FP and QAT predictions share one fit),
 compute = 6·N·D_total FLOPs, memory M = N·B/8 bytes.
 
-    python -m analysis.predict --law DIR/law.json --n 1.2e9 --tokens 1e11 --bits 4 [--json]
-    python -m analysis.predict --law DIR/law.json --n 1.2e9 --pretrained-tokens 2e12 --bits 4
+    python -m analysis.predict --law DIR/law.json --n 1.2e9 --tokens 100B --bits 4 [--json]
+
+(the command line lives in `analysis.predict_cli`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
@@ -23,13 +22,14 @@ from numpy.typing import ArrayLike
 from scipy.optimize import brentq, minimize_scalar
 
 from analysis.errors import AnalysisError
-from analysis.law import CHINCHILLA, FP_BITS, FittedLaw, bits_key, load_law
+from analysis.law import CHINCHILLA, FP_BITS, FittedLaw, bits_key
 
 PAPER_A = 6.7297  # the paper's fitted constant of f̂(S) = exp(−a / ln S)
 _LOGIT_MAX = math.log((1 - 1e-4) / 1e-4)
 # Fractions to scan before refining, 1e-4 … 1 − 1e-4 uniform in logit(f): both ends resolved.
 _F_GRID = 1.0 / (1.0 + np.exp(-np.linspace(-_LOGIT_MAX, _LOGIT_MAX, 161)))
-_MAX_WASTE = 1e4  # wasted-token search stops at 10,000 × D_total
+MAX_WASTE = 1e4  # wasted-token search stops at 10,000 × D_total
+WASTE_FRAC = 0.1  # the fixed QAT fraction whose waste tables and the CLI report
 
 
 def _require_qat(fitted: FittedLaw) -> None:
@@ -39,7 +39,7 @@ def _require_qat(fitted: FittedLaw) -> None:
         )
 
 
-def _positive(**values: float) -> None:
+def require_positive(**values: float) -> None:
     for name, v in values.items():
         if not (math.isfinite(v) and v > 0):
             raise AnalysisError(f"{name}={v}; must be a finite number > 0")
@@ -71,7 +71,7 @@ def optimal_fraction(
     A scan over a logit-spaced grid finds the basin; bounded Brent refines it to 1e-6.
     """
     _require_qat(fitted)
-    _positive(n=n, d_total=d_total, bits=bits)
+    require_positive(n=n, d_total=d_total, bits=bits)
     if bits >= FP_BITS:
         raise AnalysisError(f"bits={bits}; the QAT fraction needs bits < {FP_BITS:g}")
     losses = loss_at(fitted, n, d_total, bits, _F_GRID)
@@ -193,7 +193,7 @@ def wasted_tokens(
     def gap(log_d: float) -> float:
         return float(loss_at(fitted, n, math.exp(log_d), bits, frac)) - target
 
-    lo, hi = math.log(d_total), math.log(d_total * _MAX_WASTE)
+    lo, hi = math.log(d_total), math.log(d_total * MAX_WASTE)
     if gap(lo) <= 0:
         return 0.0
     if gap(hi) > 0:
@@ -206,16 +206,27 @@ def wasted_tokens_table(
     n: float,
     budgets: Iterable[float],
     bits: Sequence[float] = (1, 2, 4, 6),
-    frac: float = 0.1,
+    frac: float = WASTE_FRAC,
 ) -> pd.DataFrame:
-    """`wasted_tokens` per bit width and budget D_total, with the optimal fraction alongside."""
+    """`wasted_tokens` per bit width and budget D_total, with the optimal fraction alongside.
+
+    Waste is in `wasted_pct`, percent of D_total: the one unit of waste in every table, report
+    and CLI line; inf where `frac` never gets there within the search range (`unreached_note`).
+    """
     rows = []
     for b in bits:
         for d in budgets:
             f_opt, _ = optimal_fraction(fitted, n, d, b)
             w = wasted_tokens(fitted, n, d, b, frac)
             rows.append(
-                {"N": n, "B": b, "D_total": d, "frac": frac, "optimal_frac": f_opt, "wasted": w}
+                {
+                    "N": n,
+                    "B": b,
+                    "D_total": d,
+                    "frac": frac,
+                    "optimal_frac": f_opt,
+                    "wasted_pct": 100 * w,
+                }
             )
     return pd.DataFrame(rows)
 
@@ -250,9 +261,9 @@ def optimal_bits(
     memories = np.atleast_1d(np.asarray(memory, dtype=float))
     computes = np.atleast_1d(np.asarray(compute, dtype=float))
     for m in memories:
-        _positive(memory=m)
+        require_positive(memory=m)
     for c in computes:
-        _positive(compute=c)
+        require_positive(compute=c)
     rows = [_loss_under_memory(fitted, m, c, b) for m in memories for c in computes for b in bits]
     df = pd.DataFrame(rows)
     df["best"] = df.loss == df.groupby(["memory", "compute"]).loss.transform("min")
@@ -290,43 +301,19 @@ def fp_crossover_compute(
     return math.inf
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m analysis.predict",
-        description="Optimal QAT fraction and predicted loss of a fitted law.",
+def unreached_note(frac: float = WASTE_FRAC) -> str:
+    """What an infinite waste means, for the line under a table or answer that shows one."""
+    return (
+        f"inf: QAT fraction {frac:g} never reaches the optimal fraction's loss within the "
+        f"search range (D_total up to {MAX_WASTE:,.0f} × the budget)"
     )
-    ap.add_argument("--law", required=True, help="law JSON written by analysis.fit_law")
-    ap.add_argument("--n", required=True, type=float, help="non-embedding parameters N")
-    budget = ap.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--tokens", type=float, help="total training tokens D_total")
-    budget.add_argument(
-        "--pretrained-tokens",
-        type=float,
-        help="D_fp of a model already pretrained: how many QAT tokens it deserves",
-    )
-    ap.add_argument("--bits", required=True, type=float, help="bit width B (16 = full precision)")
-    ap.add_argument("--json", action="store_true", help="print the answer as JSON")
-    args = ap.parse_args(argv)
-    if args.pretrained_tokens is not None:
-        from analysis.pretrained import answer
 
-        return answer(args.law, args.n, args.pretrained_tokens, args.bits, args.json)
-    try:
-        fitted = load_law(args.law)
-        _positive(n=args.n, tokens=args.tokens, bits=args.bits)
-        if args.bits >= FP_BITS:
-            frac, loss = 0.0, float(loss_at(fitted, args.n, args.tokens, args.bits, 0.0))
-        else:
-            frac, loss = optimal_fraction(fitted, args.n, args.tokens, args.bits)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"qat_frac": frac, "loss": loss}))
-    else:
-        print(f"optimal QAT fraction: {frac:.4f}")
-        print(f"predicted loss:       {loss:.4f}")
-    return 0
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m analysis.predict` (see `analysis.predict_cli`)."""
+    from analysis.predict_cli import main as cli  # the CLI imports this module
+
+    return cli(argv)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,9 @@ def _stops_paying(fitted: FittedLaw, n: float, d_fp: float, bits: float, min_gai
     return float(d_qat[small[0]]) if small.size else math.inf
 
 
-def answer(law_path: str, n: float, d_fp: float, bits: float, as_json: bool) -> int:
+def answer(
+    law_path: str, n: float, d_fp: float, bits: float, as_json: bool, unit: str = "nats/token"
+) -> int:
     """Print the plan of ``python -m analysis.predict --pretrained-tokens``; the exit status."""
     from analysis.law import load_law
 
@@ -126,6 +128,7 @@ def answer(law_path: str, n: float, d_fp: float, bits: float, as_json: bool) -> 
             json.dumps(
                 {
                     "fp_loss": plan.fp_loss,
+                    "loss_unit": unit,
                     "within_pct": {f"{k:g}": v for k, v in plan.within.items()},
                     "stops_paying": plan.stops_paying,
                     "curve": plan.curve.to_dict(orient="list"),
@@ -133,8 +136,8 @@ def answer(law_path: str, n: float, d_fp: float, bits: float, as_json: bool) -> 
             )
         )
         return 0
-    print(f"FP loss after {d_fp:.3g} pretraining tokens (N={n:.3g}): {plan.fp_loss:.4f}")
-    print(f"{bits:g}-bit loss after D_qat QAT tokens:")
+    print(f"FP loss after {d_fp:.3g} pretraining tokens (N={n:.3g}): {plan.fp_loss:.4f} {unit}")
+    print(f"{bits:g}-bit loss after D_qat QAT tokens, in {unit}:")
     rows = plan.curve.iloc[::10]
     print(rows.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for pct, tokens in plan.within.items():

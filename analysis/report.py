@@ -12,17 +12,45 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
+from analysis.domain import loss_unit
 from analysis.fit import FitResult
+from analysis.health import health_lines
 from analysis.law import FP_BITS, bits_key
 from analysis.predict import (
     PAPER_A,
+    WASTE_FRAC,
     empirical_optima,
     fit_predictor,
     law_optima,
     optimal_bits,
     predicted_fraction,
+    unreached_note,
     wasted_tokens_table,
 )
+
+
+def waste_lines(table: pd.DataFrame, n: float, d_hi: float) -> list[str]:
+    """law.md's wasted-tokens table (rows of `predict.wasted_tokens_table` at model size `n`):
+    waste in % of D_total, budgets beyond the largest fitted D_total `d_hi` marked, and what an
+    infinite waste means."""
+    beyond = table.D_total > d_hi * (1 + 1e-6)
+    lines = [
+        f"## Wasted tokens of QAT fraction {WASTE_FRAC:g} (N = {n:.3g})",
+        "",
+        "| bits | D_total | optimal fraction | wasted (% of D_total) |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {bits_key(r.B)} | {r.D_total:.3g}{' *' if out else ''} "
+            f"| {r.optimal_frac:.3f} | {r.wasted_pct:.1f} |"
+            for r, out in zip(table.itertuples(), beyond, strict=True)
+        ),
+        "",
+    ]
+    if beyond.any():
+        lines.append(f"- \\* beyond the largest fitted D_total ({d_hi:.3g}): extrapolated.")
+    if np.isinf(table.wasted_pct).any():
+        lines.append(f"- {unreached_note(WASTE_FRAC)}.")
+    return [*lines, ""]
 
 
 def _qat_figures(result: FitResult, runs: pd.DataFrame) -> tuple[dict, list[str]]:
@@ -62,25 +90,15 @@ def _qat_figures(result: FitResult, runs: pd.DataFrame) -> tuple[dict, list[str]
     figs["optimal_fraction"] = plots.optimal_fraction_vs_s(emp, a_fit.get("law"), at_law)
 
     budgets = np.geomspace(r_lo * n_ref, r_hi * n_ref, 8)
-    wasted = wasted_tokens_table(fitted, n_ref, budgets, bits, frac=0.1)
+    wasted = wasted_tokens_table(fitted, n_ref, budgets, bits, frac=WASTE_FRAC)
     figs["wasted_tokens"] = plots.wasted_tokens(wasted)
-    lines += [
-        f"## Wasted tokens of QAT fraction 0.1 (N = {n_ref:.3g})",
-        "",
-        "| bits | D_total | optimal fraction | wasted (% of D_total) |",
-        "| --- | --- | --- | --- |",
-        *(
-            f"| {bits_key(r.B)} | {r.D_total:.3g} | {r.optimal_frac:.3f} | {100 * r.wasted:.1f} |"
-            for r in wasted.itertuples()
-            if r.D_total in (budgets[0], budgets[-1])
-        ),
-        "",
-    ]
+    shown = wasted[wasted.D_total.isin((budgets[0], budgets[-1]))]
+    lines += waste_lines(shown, n_ref, float(used.D_total.max()))
 
     figs["iso_loss"] = plots.iso_loss(fitted, n_ref, bits[:4], (r_lo * n_ref / 4, r_hi * n_ref))
     at_ref = sorted(used.D_total[np.isclose(used.N, n_ref)].unique())
-    shown = at_ref if 0 < len(at_ref) <= 6 else list(np.geomspace(r_lo * n_ref, r_hi * n_ref, 5))
-    figs["loss_vs_fraction"] = plots.loss_vs_fraction(fitted, n_ref, bits[0], shown, runs)
+    curves = at_ref if 0 < len(at_ref) <= 6 else list(np.geomspace(r_lo * n_ref, r_hi * n_ref, 5))
+    figs["loss_vs_fraction"] = plots.loss_vs_fraction(fitted, n_ref, bits[0], curves, runs)
 
     mem_lo = float((used.N * used.B / 8).min())
     mem_hi = float(used.N.max() * FP_BITS / 8) * 10
@@ -91,6 +109,28 @@ def _qat_figures(result: FitResult, runs: pd.DataFrame) -> tuple[dict, list[str]
     )
     figs["best_bits"] = plots.best_bits(table)
     return figs, lines
+
+
+def _domain_lines(domain: dict | None) -> list[str]:
+    """The ranges the law was fitted on: where its predictions are interpolation."""
+    if domain is None:
+        return []
+    rows = [
+        f"| {k} | {domain[k][0]:.3g} | {domain[k][1]:.3g} |"
+        for k in ("N", "D_total", "D_fp", "D_qat", "S_total", "qat_frac", "loss")
+    ]
+    return [
+        "## Domain",
+        "",
+        "The runs the law was fitted on; `analysis.predict` warns outside these ranges and "
+        f"refuses other bit widths. Bits: {', '.join(bits_key(b) for b in domain['bits'])}; "
+        f"loss in {loss_unit(domain)}.",
+        "",
+        "| quantity | smallest | largest |",
+        "| --- | --- | --- |",
+        *rows,
+        "",
+    ]
 
 
 def write_report(
@@ -131,6 +171,11 @@ def write_report(
         f"- starts: {fitted.settings['starts']} ({fitted.settings['start_kind']}), "
         f"polished at best: {fitted.settings['polished_at_best']}, "
         f"Huber δ = {fitted.settings['delta']}, bootstrap: {fitted.settings['bootstrap']}",
+        "",
+        *_domain_lines(fitted.domain),
+        "## Fit health",
+        "",
+        *health_lines(fitted),
         "",
         "## Parameters",
         "",

@@ -7,6 +7,7 @@ a requeue). The main process claims and tracks; every process trains.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +15,16 @@ from typing import Any, cast
 
 from qat.config import RunConfig, flatten
 from qat.data import DatasetInfo, default_data_dir, prepare
+from qat.data.split import evaluation_note
 from qat.engine import Trainer, effective_precision, make_backend
 from qat.errors import ConfigError
+from qat.loss_curve import log_loss_curve
 from qat.pretrained import given_tokenizer, load_pretrained, strip_prefix
 from qat.schedule import law_tokens, warmup_multiplier, warmup_steps
 from qat.store.claim import CellBusy, Claim
 from qat.store.provenance import check_all, mismatches
 from qat.store.trunk_store import TrunkStore
-from qat.tracking import JsonlSink, MetricSink, MlflowSink, Tracker
+from qat.tracking import JsonlSink, MetricSink, MlflowSink, Tracker, run_name
 from qat.tracking_schema import (
     BRANCH_TOKENS_TAG,
     DATA_FINGERPRINT,
@@ -52,14 +55,18 @@ def load_data(config: RunConfig) -> DatasetInfo:
     """The cell's prepared dataset (prepared now if this machine has not yet)."""
     data, init = config.data, config.init.source
     out_dir = Path(data.cache_dir) if data.cache_dir else None
-    return prepare(
+    info = prepare(
         data.source,
         out_dir or default_data_dir(data.source, data.vocab_size, tokenizer=init),
         vocab_size=data.vocab_size,
         val_fraction=data.val_fraction,
         # A pretrained start reads the data with its own tokenizer.
         tokenizer=given_tokenizer(init) if init is not None else None,
+        min_val_tokens=data.eval_tokens,
     )
+    if (note := evaluation_note(info.n_val_tokens, data.eval_tokens, data.seq_len)) is not None:
+        print(note, flush=True)
+    return info
 
 
 def run_cell(config: RunConfig) -> RunResult:
@@ -170,16 +177,17 @@ def _train_and_track(
             final, fp = trainer.train(log)
         finally:
             for sink in sinks:
-                sink.close()
+                sink.close()  # every metric logged up to a failure reaches MLflow and the file
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a requeue after preemption
         with contextlib.suppress(Exception):
             tracker.end(run_id, "KILLED")
         raise
-    except BaseException:
-        # Marked FAILED (not FINISHED): a rerun resumes from the newest checkpoint.
-        with contextlib.suppress(Exception):
-            tracker.end(run_id, "FAILED")
+    except BaseException as error:
+        # Marked FAILED (not FINISHED), its reason a tag: a rerun resumes from the newest
+        # checkpoint.
+        tracker.fail(run_id, error)
         raise
+    log_loss_curve(tracker, run_id, config)
     tracker.end(run_id, "FINISHED")
     return RunResult(key, run_id, False, final, fp)
 
@@ -200,7 +208,13 @@ def _branch_from_trunk(
     if step <= 0:
         return  # the cell leaves the stable phase at once: nothing to share
     store = TrunkStore(config)
-    checkpoint = store.ensure(step, extend_trunk(config, trainer.data))
+    try:
+        checkpoint = store.ensure(step, extend_trunk(config, trainer.data))
+    except Exception:
+        # The trunk failed (a NaN loss): its curve up to the failure is this cell's record too.
+        for record in store.metrics_until(sys.maxsize):
+            log({k: v for k, v in record.items() if k.startswith("train/")}, record["tokens"])
+        raise
     trainer.load(checkpoint)
     tracker.set_tag(run_id, TRUNK_KEY_TAG, store.key)
     tracker.set_tag(run_id, BRANCH_TOKENS_TAG, str(checkpoint.tokens))
@@ -216,7 +230,9 @@ def extend_trunk(config: RunConfig, data: DatasetInfo) -> Callable[[TrunkStore, 
     def extend(store: TrunkStore, until: int) -> None:
         start = store.latest_before(until)
         backend = make_backend(config)
-        trainer = Trainer(config, data, store.checkpoint_dir, backend, resume=start)
+        trainer = Trainer(
+            config, data, store.checkpoint_dir, backend, resume=start, label=f"trunk {store.key}"
+        )
         sink = JsonlSink(store.dir / "metrics.jsonl")
         print(f"[trunk {store.key}] training steps {trainer.step}..{until}", flush=True)
         warmup = warmup_steps(config.schedule, trainer.plan.tokens_per_step)
@@ -283,14 +299,3 @@ def _plain(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def run_name(config: RunConfig) -> str:
-    bits = "fp" if config.is_fp_only else f"b{config.bits:g}"
-    fusion = "-fused" if config.fusion and not config.is_fp_only else ""
-    # The QAT-phase variants of one cell would otherwise share its name in the MLflow UI.
-    ratio = config.schedule.qat_lr_ratio
-    lr = f"-qlr{ratio:g}" if ratio != 1.0 and not config.is_fp_only else ""
-    reset = "-reset" if config.optim.qat_reset_moments and not config.is_fp_only else ""
-    name = f"{config.model.name}-{bits}-f{config.qat_frac:g}{fusion}{lr}{reset}"
-    return f"{name}-t{config.tokens:.3g}"

@@ -22,6 +22,7 @@ from qat.engine.backend import resolve_device
 from qat.engine.packed import PackedTrainer, plan_members
 from qat.engine.packed.trainer import Record
 from qat.errors import TrainingError
+from qat.loss_curve import log_loss_curve
 from qat.schedule import plan_phases
 from qat.store.claim import CellBusy, Claim
 from qat.store.provenance import check_all
@@ -106,6 +107,7 @@ class _TrackedMembers:
         save_weights(Path(config.run_dir) / key / "checkpoints", plan.tokens_total, weights, state)
         self._close(key)
         run_id = self.run_ids.pop(key)
+        log_loss_curve(self.tracker, run_id, config)
         self.tracker.end(run_id, "FINISHED")
         self.outcome.results[key] = RunResult(key, run_id, False, final, fp)
         self._release(key)
@@ -115,7 +117,7 @@ class _TrackedMembers:
         self._close(key)
         run_id = self.run_ids.pop(key, None)
         if run_id is not None:
-            self.tracker.end(run_id, "FAILED")
+            self.tracker.fail(run_id, error)
         self.outcome.failures[key] = str(error)
         self._release(key)
 

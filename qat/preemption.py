@@ -9,12 +9,14 @@ which requeues the job. The requeued job resumes from that checkpoint.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 _pending: list[tuple[Callable[..., Any], int]] = []
 _in_loop = False
+_interrupted = False
 _installed = False
 
 
@@ -36,13 +38,35 @@ def install(signum: int = signal.SIGUSR2) -> None:
 
 
 @contextmanager
-def training_loop() -> Iterator[None]:
-    global _in_loop
+def training_loop(defer_interrupt: bool = False) -> Iterator[None]:
+    """While the loop runs, a preemption signal is deferred to the next step boundary; with
+    ``defer_interrupt`` so is the first Ctrl-C/SIGINT (``interrupted()``), so the loop can
+    checkpoint before it stops. A second SIGINT stops at once."""
+    global _in_loop, _interrupted
     _in_loop = True
+    _interrupted = False
+    previous = None
+    if defer_interrupt and threading.current_thread() is threading.main_thread():
+
+        def note_interrupt(number: int, frame: Any) -> None:
+            global _interrupted
+            if _interrupted:
+                raise KeyboardInterrupt
+            _interrupted = True
+
+        previous = signal.signal(signal.SIGINT, note_interrupt)
     try:
         yield
     finally:
         _in_loop = False
+        _interrupted = False
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def interrupted() -> bool:
+    """A deferred SIGINT is waiting: checkpoint, then raise KeyboardInterrupt."""
+    return _interrupted
 
 
 def requested() -> bool:

@@ -5,16 +5,28 @@ The schema (names, default store) is qat.tracking_schema's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from qat.errors import TrackingError
 from qat.locks import file_lock
-from qat.tracking_schema import FINAL_METRIC, RUN_KEY_TAG, resolve_tracking_uri
+from qat.tracking_schema import (
+    CLASSIC_ML_KIND,
+    ERROR_TAG,
+    EXPERIMENT_KIND_TAG,
+    FINAL_METRIC,
+    RUN_KEY_TAG,
+    resolve_tracking_uri,
+)
+from qat.units import format_count
+
+if TYPE_CHECKING:
+    from qat.config import RunConfig
 
 _T = TypeVar("_T")
 
@@ -101,16 +113,7 @@ class Tracker:
         raise AssertionError("unreachable")
 
     def _experiment_id(self, name: str) -> str:
-        experiment = self.call(lambda c: c.get_experiment_by_name(name))
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return self.call(lambda c: c.create_experiment(name))
-        except TrackingError:  # another job created it first
-            experiment = self.call(lambda c: c.get_experiment_by_name(name))
-            if experiment is None:
-                raise
-            return experiment.experiment_id
+        return self.call(lambda c: classic_experiment(c, name))
 
     def runs_with_key(self, key: str) -> list[Any]:
         return self.call(
@@ -159,6 +162,65 @@ class Tracker:
 
     def end(self, run_id: str, status: str) -> None:
         self.call(lambda c: c.set_terminated(run_id, status=status))
+
+    def fail(self, run_id: str, error: BaseException | str, status: str = "FAILED") -> None:
+        """End the run ``status`` with the reason as its ``error`` tag; never raises, so the
+        error being reported is the one the user sees (a dead store must not hide it)."""
+        reason = error if isinstance(error, str) else failure_reason(error)
+        with contextlib.suppress(Exception):
+            self.set_tag(run_id, ERROR_TAG, reason)
+        with contextlib.suppress(Exception):
+            self.end(run_id, status)
+
+
+def failure_reason(error: BaseException) -> str:
+    """The one line a FAILED run's ``error`` tag holds: the message, else the error's type."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text[:5000]  # MLflow caps a tag value at 8,000 characters
+
+
+def classic_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created if missing, tagged a classic ML experiment (MLflow's
+    UI then opens its runs table, not the GenAI traces view); another process creating it at
+    the same time is fine."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return str(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: CLASSIC_ML_KIND}))
+        except Exception:  # another job created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag, or by another tool
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, CLASSIC_ML_KIND)
+    return str(experiment.experiment_id)
+
+
+def run_name(config: RunConfig) -> str:
+    """``nano-b4-f0.3-t2M-s0-bundled-v2048-a63977``: the swept keys in a readable order, the QAT
+    knobs when set, and the run key's first characters, so no two cells share a name."""
+    quantized = not config.is_fp_only
+    parts = [config.model.name, f"b{config.bits:g}" if quantized else "fp"]
+    if quantized:
+        parts.append(f"f{config.qat_frac:g}")
+        if config.fusion:
+            parts.append("fused")
+        if config.schedule.qat_lr_ratio != 1.0:
+            parts.append(f"qlr{config.schedule.qat_lr_ratio:g}")
+        if config.optim.qat_reset_moments:
+            parts.append("reset")
+    parts += [f"t{format_count(config.tokens)}", f"s{config.seed}", data_label(config)]
+    return "-".join([*parts, config.run_key[:6]])
+
+
+def data_label(config: RunConfig) -> str:
+    """The corpus and vocabulary in a few characters: bundled-v2048, mytexts-v8192."""
+    source = config.data.source
+    if source.startswith("hf:"):
+        source = source[len("hf:") :].split(":")[0]
+    name = Path(source.rstrip("/")).name or source
+    return f"{name}-v{config.data.vocab_size}"
 
 
 def ensure_store(uri: str) -> None:

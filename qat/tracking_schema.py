@@ -14,8 +14,15 @@ from pathlib import Path
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
+# Experiment tags. MLflow 3's UI opens an experiment without a kind in its GenAI view (traces);
+# this kind opens the classic runs table of params and metrics.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CLASSIC_ML_KIND = "custom_model_development"
+
 # Tags
 RUN_KEY_TAG = "run_key"
+ERROR_TAG = "error"  # a FAILED run's reason, one line
+ANALYSIS_TAG = "qat.analysis"  # the experiment's grid-plots run (qat.report --log-plots), no cell
 TRUNK_KEY_TAG = "trunk_key"
 BRANCH_TOKENS_TAG = "branch_tokens"
 PACK_KEY_TAG = "pack_key"  # trainer=packed: the pack that trained the cell
@@ -26,6 +33,10 @@ TRAIN_LR = "train/lr"
 TRAIN_SPEED = "train/tokens_per_s"
 FP_METRIC = "fp/val_loss"  # the FP model at the end of its phase
 FINAL_METRIC = "final/val_loss"  # the quantized model at the end: the law's target
+
+# Artifacts
+LOSS_CURVE_ARTIFACT = "loss_curve.png"  # train/loss and the evaluations vs tokens, per cell
+ANALYSIS_RUN_NAME = "analysis"
 
 # Params beside the flattened config
 N_PARAMS = "n_params"  # non-embedding parameters: the law's N

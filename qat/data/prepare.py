@@ -11,6 +11,7 @@ without work.
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from qat.data.info import (
     read_meta,
 )
 from qat.data.shards import id_dtype, write_shard
-from qat.data.split import check_val_fraction, is_validation
+from qat.data.split import check_val_fraction, split_documents, top_up_validation
 from qat.data.tokenizer import (
     GivenTokenizer,
     check_vocab_size,
@@ -105,10 +106,16 @@ def prepare(
     seed: int = 0,
     max_train_tokens: int | None = None,
     tokenizer: GivenTokenizer | None = None,
+    min_val_tokens: int | None = None,
 ) -> DatasetInfo:
     """Build (or find already built) the dataset of ``source`` in ``out_dir``.
 
     ``tokenizer``: encode with this one (a pretrained model's) instead of training a BPE.
+
+    ``min_val_tokens`` (the evaluation's eval_tokens): a corpus of your own whose validation
+    documents hold fewer tokens gives validation more documents, up to a quarter of its tokens
+    (qat.data.split.top_up_validation). The packaged corpora keep their published split. An
+    existing folder is used as built; the split it got is recorded in its meta.json.
 
     ``seed`` salts the document hash that decides the train/validation split.
     ``max_train_tokens`` caps the train shard: whole training documents are taken in a
@@ -147,7 +154,8 @@ def prepare(
         build_dir = out_dir.parent / f"{_build_prefix(out_dir)}{uuid.uuid4().hex}"
         try:
             build_dir.mkdir()
-            _build(source, build_dir, request, tokenizer)
+            target = None if source in PACKAGED_SOURCES else min_val_tokens
+            _build(source, build_dir, request, tokenizer, target)
             build_dir.rename(out_dir)
         except BaseException:
             shutil.rmtree(build_dir, ignore_errors=True)
@@ -195,13 +203,14 @@ def _clear_leftovers(out_dir: Path) -> None:
 
 
 def _build(
-    source: str, build_dir: Path, request: dict[str, Any], given: GivenTokenizer | None
+    source: str,
+    build_dir: Path,
+    request: dict[str, Any],
+    given: GivenTokenizer | None,
+    min_val_tokens: int | None = None,
 ) -> None:
     vocab_size, val_fraction, seed = request["vocab_size"], request["val_fraction"], request["seed"]
-    train_docs: list[str] = []
-    val_docs: list[str] = []
-    for doc in iter_documents(source):
-        (val_docs if is_validation(doc, val_fraction, seed) else train_docs).append(doc)
+    train_docs, val_docs = split_documents(list(iter_documents(source)), val_fraction, seed)
     if not train_docs or not val_docs:
         raise DataError(
             f"source {source!r} splits into {len(train_docs)} train and {len(val_docs)} "
@@ -211,6 +220,16 @@ def _build(
     # Trained on training text only, so nothing about validation leaks into the vocabulary.
     sample = tokenizer_sample(train_docs) if given is None else []
     tokenizer = _train_reporting(sample, vocab_size) if given is None else given.tokenizer
+    top_up = None
+    if min_val_tokens is not None:
+        train_docs, val_docs, top_up = top_up_validation(
+            train_docs, val_docs, min_val_tokens, _token_counter(tokenizer), seed
+        )
+        if top_up is not None:
+            print(top_up.describe(), flush=True)
+            if given is None and top_up.moved_docs:  # retrained without the moved documents
+                sample = tokenizer_sample(train_docs)
+                tokenizer = _train_reporting(sample, vocab_size)
     end = eot_id(tokenizer) if given is None else given.end_id
     save_tokenizer(tokenizer, build_dir / TOKENIZER_FILE)
     cap = request["max_train_tokens"]
@@ -229,6 +248,8 @@ def _build(
         "n_train_docs": n_train_docs,
         "n_val_docs": n_val_docs,
         "n_train_docs_uncapped": len(train_docs),
+        # Absent when the split is the plain hash split (as in folders made before top-ups).
+        **({"val_top_up": dataclasses.asdict(top_up)} if top_up is not None else {}),
         "fingerprint": _fingerprint(build_dir),
         "created_with": {"qat.data": FORMAT_VERSION, "tokenizers": tokenizers.__version__},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -255,6 +276,14 @@ def _train_reporting(sample: Sequence[str], vocab_size: int) -> Tokenizer:
     tokenizer = train_tokenizer(sample, vocab_size)
     print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     return tokenizer
+
+
+def _token_counter(tokenizer: Tokenizer) -> Callable[[Sequence[str]], list[int]]:
+    def count(docs: Sequence[str]) -> list[int]:
+        encodings = tokenizer.encode_batch_fast(list(docs), add_special_tokens=False)
+        return [len(e.ids) + 1 for e in encodings]  # + the end-of-text token
+
+    return count
 
 
 def _hash_fraction(salt: str, text: str) -> float:
@@ -347,12 +376,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="cap the train shard at this many tokens (whole documents, deterministic sample)",
     )
+    parser.add_argument(
+        "--eval-tokens",
+        type=int,
+        help="a corpus of your own: validation takes documents until it holds this many tokens "
+        "(at most a quarter of the corpus); train.py passes data.eval_tokens",
+    )
     args = parser.parse_args(argv)
     out = args.out or default_data_dir(args.source, args.vocab_size, args.max_train_tokens)
     start = time.perf_counter()
     try:
         info = prepare(
-            args.source, out, args.vocab_size, args.val_fraction, args.seed, args.max_train_tokens
+            args.source,
+            out,
+            args.vocab_size,
+            args.val_fraction,
+            args.seed,
+            args.max_train_tokens,
+            min_val_tokens=args.eval_tokens,
         )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,7 +9,6 @@ import math
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -23,6 +22,7 @@ from qat.engine.state import TrainState
 from qat.errors import ConfigError, TrainingError
 from qat.model import Transformer, count_parameters
 from qat.optim import build_optimizer, set_learning_rate
+from qat.progress import CellProgress, cell_label, swept_keys
 from qat.schedule import LrSchedule, PhasePlan, plan_phases
 from qat.tracking_schema import FINAL_METRIC, FP_METRIC, TRAIN_LOSS, TRAIN_LR, TRAIN_SPEED
 
@@ -36,13 +36,21 @@ class _Window:
         self.loss = torch.zeros((), device=device)
         self.steps = 0
         self.start = time.perf_counter()
+        self.shown = math.nan
 
     def add(self, loss: torch.Tensor) -> None:
         self.loss += loss
         self.steps += 1
 
+    def peek(self) -> float:
+        """The mean loss so far (the last window's once flushed), for the progress bar."""
+        if self.steps:
+            self.shown = (self.loss / self.steps).item()
+        return self.shown
+
     def flush(self, tokens_per_step: int) -> tuple[float, float]:
         mean = (self.loss / self.steps).item()
+        self.shown = mean
         speed = self.steps * tokens_per_step / max(time.perf_counter() - self.start, 1e-9)
         self.loss.zero_()
         self.steps, self.start = 0, time.perf_counter()
@@ -58,10 +66,14 @@ class Trainer:
         backend: Backend,
         resume: Checkpoint | bool | None = True,
         initial_weights: dict[str, torch.Tensor] | None = None,
+        label: str | None = None,
     ) -> None:
         """``resume``: True = the newest checkpoint in ``checkpoint_dir``; or one; or None.
-        ``initial_weights``: start from these (a pretrained model) instead of a random init."""
+        ``initial_weights``: start from these (a pretrained model) instead of a random init.
+        ``label``: the progress bar's name (default: the cell's, ``nano b4 f0.3 2M s0``)."""
         self.config = config
+        self.label = label or cell_label(config, swept_keys())
+        self._progress: CellProgress | None = None
         self.backend = backend
         self.checkpoint_dir = checkpoint_dir
         self.device = backend.device
@@ -116,11 +128,16 @@ class Trainer:
         plan, state = self.plan, self.state
         if state.fp_val_loss is not None:  # resumed after the switch: the log may have missed it
             log({FP_METRIC: state.fp_val_loss}, plan.tokens_fp)
-        if state.step < plan.fp_steps:
-            self.advance(plan.fp_steps, self.schedule, log)
-        if plan.quantized and not state.quantized:  # also for qat_frac = 0: quantize FP model
-            self._switch_to_qat(log)
-        self.advance(plan.total_steps, self.schedule, log)
+        # One bar for both phases, closed before any error is reported (never glued onto it).
+        self._open_progress(plan.tokens_total)
+        try:
+            if state.step < plan.fp_steps:
+                self.advance(plan.fp_steps, self.schedule, log)
+            if plan.quantized and not state.quantized:  # also for qat_frac = 0: quantize FP
+                self._switch_to_qat(log)
+            self.advance(plan.total_steps, self.schedule, log)
+        finally:
+            self._close_progress()
         final = self.evaluate()
         self.save()  # the final model, before the run is FINISHED: what qat.export reads
         if not plan.quantized:
@@ -139,15 +156,19 @@ class Trainer:
         """Take optimizer steps up to ``until``, logging and checkpointing on the way."""
         state, trainer_config = self.state, self.config.trainer
         interval = max(1, math.ceil(trainer_config.ckpt_every_frac * self.plan.total_steps))
-        progress = _progress_bar(self.plan.total_steps, state.step, trainer_config.progress)
+        own_bar = self._progress is None  # a bare advance (a trunk's) has a bar of its own
+        progress = self._open_progress(until * self.plan.tokens_per_step)
+        progress.phase = "qat" if state.quantized else "fp"
         window = _Window(self.device)
-        with preemption.training_loop():
+        with preemption.training_loop(), contextlib.ExitStack() as closing:
+            if own_bar:
+                closing.callback(self._close_progress)
             while state.step < until:
                 multiplier = lr_multiplier(state.step)
                 lr = set_learning_rate(self.optimizer, self.config.optim.lr, multiplier)
                 window.add(self.backend.train_step(self.loader.next_batch(), self._loss))
                 state.step += 1
-                progress.update(1)
+                progress.advance(self.plan.tokens_per_step, window.peek)
                 pinned = state.step in pinned_steps
                 periodic = state.step % interval == 0 and state.step < self.plan.total_steps
                 if (
@@ -156,13 +177,26 @@ class Trainer:
                     or pinned
                     or (state.step == until)
                 ):
-                    self._log_window(window, lr, log, progress)
+                    self._log_window(window, lr, log)
                 if periodic or pinned:
                     self.save(pinned=pinned)
                 if self.backend.stop_requested(state.step):  # SLURM asked: save, then requeue
                     self.save(pinned=pinned)
                     preemption.hand_over()
-        progress.close()
+
+    def _open_progress(self, total_tokens: int) -> CellProgress:
+        """The open bar, or a new one (shown on the main process only)."""
+        if self._progress is None:
+            enabled = self.config.trainer.progress and self.backend.is_main
+            self._progress = CellProgress(
+                self.label, total_tokens, self.tokens_seen, enabled=enabled
+            )
+        return self._progress
+
+    def _close_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
 
     def _loss(self, batch: Batch) -> torch.Tensor:
         x, y = batch
@@ -170,17 +204,16 @@ class Trainer:
             logits = self.forward(x)
             return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
-    def _log_window(self, window: _Window, lr: float, log: MetricLog, progress: Any) -> None:
+    def _log_window(self, window: _Window, lr: float, log: MetricLog) -> None:
         mean_loss, speed = window.flush(self.plan.tokens_per_step)
         mean_loss = self.backend.reduce_sum([mean_loss])[0] / self.backend.world_size
+        # Logged before the check: a diverged run's record shows where it diverged.
+        log({TRAIN_LOSS: mean_loss, TRAIN_LR: lr, TRAIN_SPEED: speed}, self.tokens_seen)
         if not math.isfinite(mean_loss):
             raise TrainingError(
                 f"training loss is {mean_loss} at step {self.step} "
                 f"({self.tokens_seen} tokens); lower optim.lr or check the data"
             )
-        log({TRAIN_LOSS: mean_loss, TRAIN_LR: lr, TRAIN_SPEED: speed}, self.tokens_seen)
-        phase = "qat" if self.state.quantized else "fp"
-        progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{speed:,.0f}", phase=phase)
 
     def _switch_to_qat(self, log: MetricLog) -> None:
         """End of the FP phase: evaluate, checkpoint the FP state, switch QAT on."""
@@ -240,16 +273,3 @@ class Trainer:
         self.loader.load_state_dict(state.loader)
         checkpoint.restore_rng()
         self.state = state
-
-
-def _progress_bar(total: int, start: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=start,
-        unit="step",
-        disable=not enabled,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )

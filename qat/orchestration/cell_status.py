@@ -59,17 +59,9 @@ def cell_status(config: Any, live_jobs: dict[str, str]) -> str:
     return "new"
 
 
-def grid_status(overrides: list[str]) -> list[tuple[str, str, str]]:
-    """(state, run key, cell description) for every unique cell of the grid."""
-    from qat.orchestration.grid import expand_grid
+def grid_status(configs: list[Any]) -> list[tuple[str, Any]]:
+    """(state, config) for every unique cell of the grid ``configs``."""
     from qat.orchestration.trunk_plan import unique_cells
 
     live_jobs = queued_job_ids()
-    rows = []
-    for config in unique_cells(expand_grid(overrides)):
-        cell = (
-            f"{config.model.name} bits={config.bits:g} qat_frac={config.qat_frac:g} "
-            f"tokens={config.tokens} fusion={config.fusion}"
-        )
-        rows.append((cell_status(config, live_jobs), config.run_key, cell))
-    return rows
+    return [(cell_status(config, live_jobs), config) for config in unique_cells(configs)]

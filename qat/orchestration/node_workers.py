@@ -4,7 +4,8 @@ Each worker is a ``train.py -m`` of one sub-grid (the sweep split by the keys of
 Python start per sub-grid, not per cell); workers take sub-grids from a queue, biggest first as
 the grid file lists them. Every trunk's branch points are registered before any worker starts,
 so no trunk prefix is trained twice. At the deadline workers are stopped with SIGINT (the MLflow
-run is marked KILLED and resumes from its checkpoint next time).
+run is marked KILLED and resumes from its checkpoint next time). Meanwhile the grid's bar reads
+the run store (each cell's metrics.jsonl and claim): cells done / total, tokens, ETA.
 """
 
 from __future__ import annotations
@@ -19,9 +20,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from qat.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
+WATCH_EVERY_S = 2.0  # between two reads of the run store for the grid's bar
 
 
 @dataclass
@@ -62,16 +67,16 @@ def sub_grids(params: dict[str, list[str]], split: list[str]) -> list[list[str]]
     ]
 
 
-def register_all(base: list[str]) -> int:
-    """Register every trunk's branch points: the sub-grids' cells are the whole sweep's, so it is
-    expanded once."""
+def register_all(base: list[str]) -> list[RunConfig]:
+    """Register every trunk's branch points (the sub-grids' cells are the whole sweep's, so it is
+    expanded once); the sweep's cells."""
     from qat.orchestration.grid import expand_grid
     from qat.orchestration.trunk_plan import register_branch_points
 
     cells = expand_grid(base)
     # A pack forks its cells from its own in-memory trunk: nothing to register for those.
     register_branch_points([c for c in cells if c.trainer.backend != "packed"])
-    return len(cells)
+    return cells
 
 
 def _worker(
@@ -81,7 +86,6 @@ def _worker(
     log_dir: Path,
     deadline: float,
     outcome: Outcome,
-    progress,
 ) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     if gpu is not None:
@@ -99,7 +103,6 @@ def _worker(
             "-m",
             *base,
             *grid,
-            "trainer.progress=false",
             f"hydra.sweep.dir={sweep_dir}",
         ]
         with open(log_dir / f"{index:04d}.log", "w") as log:
@@ -118,7 +121,22 @@ def _worker(
                 return
         with outcome.lock:
             (outcome.done if proc.returncode == 0 else outcome.failed).append(name)
-        progress.update(1)
+
+
+def _watch(cells: list[RunConfig], threads: list[threading.Thread]) -> None:
+    """The grid's bar, from the run store (the workers' cells log there), until the workers end."""
+    from qat.orchestration.grid_watch import GridWatch
+    from qat.progress import GridBar
+
+    watch = GridWatch(cells)
+    bar = GridBar()
+    try:
+        while alive := [thread for thread in threads if thread.is_alive()]:
+            bar.show(watch.counts())
+            alive[0].join(timeout=WATCH_EVERY_S)
+        bar.show(watch.counts())
+    finally:
+        bar.close()  # the summary and errors below go under it
 
 
 def run_grid(
@@ -135,7 +153,10 @@ def run_grid(
     workers = max(gpus, 1) * workers_per_gpu
     started = time.monotonic()
     cells = register_all(base)
-    print(f"{cells} cells in {len(grids)} sub-grids; {workers} workers on {gpus or 'no'} GPU(s)")
+    print(
+        f"{len(cells)} cells in {len(grids)} sub-grids; {workers} workers on {gpus or 'no'} GPU(s)",
+        flush=True,
+    )
 
     log_dir = log_dir or Path("multirun") / "node_grid" / time.strftime("%Y-%m-%d_%H-%M-%S")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -144,31 +165,19 @@ def run_grid(
         jobs.put(item)
     deadline = started + deadline_s if deadline_s else float("inf")
     outcome = Outcome()
-    from tqdm.auto import tqdm
-
     # Device ids as this process sees them (a CUDA_VISIBLE_DEVICES of ours is kept).
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
-    with tqdm(total=len(grids), desc="sub-grids", unit="grid") as progress:
-        threads = [
-            threading.Thread(
-                target=_worker,
-                args=(
-                    ids[i % gpus] if gpus else None,
-                    jobs,
-                    base,
-                    log_dir,
-                    deadline,
-                    outcome,
-                    progress,
-                ),
-            )
-            for i in range(workers)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    threads = [
+        threading.Thread(
+            target=_worker,
+            args=(ids[i % gpus] if gpus else None, jobs, base, log_dir, deadline, outcome),
+        )
+        for i in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    _watch(cells, threads)
     left = jobs.qsize() + len(outcome.stopped)
     print(
         f"{len(outcome.done)} sub-grids done, {len(outcome.failed)} failed, {left} left "

@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis.fit_law import ANALYSIS_EXPERIMENT, main
+from analysis.health import health_lines
 from analysis.law import load_law
 from analysis.synthetic import qat_grid
 from tests.analysis.helpers import GRID_EXPERIMENT, run_module
@@ -26,6 +27,7 @@ def analysis_runs(uri: str) -> list:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(ANALYSIS_EXPERIMENT)
     assert exp is not None, "no analysis experiment was created"
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"  # not GenAI
     return client.search_runs([exp.experiment_id])
 
 
@@ -58,6 +60,14 @@ def test_fit_law_from_csv_end_to_end(tmp_path, monkeypatch):
             assert (tmp_path / "fit" / "plots" / f"{name}.{ext}").stat().st_size > 1000
     summary = (tmp_path / "fit" / "law.md").read_text("utf-8")
     assert "# Law fit: qat" in summary and "a = " in summary
+    # The law records the runs it was fitted on, and reports its health in law.md and as the
+    # CLI's last lines.
+    assert raw["domain"]["N"] == [5e7, 2e8] and raw["domain"]["bits"] == [1.0, 2.0, 4.0, 6.0]
+    assert law.domain == raw["domain"]
+    health = health_lines(law)
+    assert out.stderr.strip().splitlines()[-len(health) :] == health
+    assert "## Fit health\n\n" + "\n".join(health) in summary
+    assert "## Domain" in summary and "| N | 5e+07 | 2e+08 |" in summary
 
     [run] = analysis_runs(uri)
     assert run.info.status == "FINISHED"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nbformat
 from nbclient import NotebookClient
 
@@ -45,6 +47,8 @@ def test_01_paper_predictions_runs_on_the_shipped_law():
     text = outputs(nb)
     assert "ILLUSTRATIVE" in text and "paper f̂(S)" in text
     assert images(nb) == 4
+    # Waste in the one unit of law.md and analysis.predict; the fit's health under the law.
+    assert "wasted_pct" in text and "fit health: " in text
 
 
 def test_02_fits_the_runs_in_mlflow(mlflow_store, tmp_path):
@@ -56,6 +60,19 @@ def test_02_fits_the_runs_in_mlflow(mlflow_store, tmp_path):
     text = outputs(nb)
     assert f"54 runs from mlflow:{GRID_EXPERIMENT}" in text
     assert (out / "law.json").is_file() and (out / "plots" / "iso_loss.png").is_file()
+
+
+def test_02_says_loudly_it_fits_synthetic_data_and_writes_nothing_in_the_repo(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    written_there = ("mlflow.db", "outputs", "mlruns")
+    before = {name for name in written_there if (REPO / name).exists()}
+    # An experiment no store holds: synthetic whether or not a ./mlflow.db exists here.
+    nb = execute("02_fit_your_grid.ipynb", 'EXPERIMENT = "no-such-experiment"\nSTARTS = 4')
+    text = outputs(nb)
+    assert "WARNING: SYNTHETIC DATA: no finished runs of experiment 'no-such-experiment'" in text
+    report = next(line for line in text.splitlines() if "report folder" in line).split()[-1]
+    assert (Path(report) / "law.json").is_file() and not Path(report).is_relative_to(REPO)
+    assert {name for name in written_there if (REPO / name).exists()} == before
 
 
 def test_repro_runs_on_a_grid_with_seeds(tmp_path):

@@ -91,8 +91,8 @@ def test_wasted_tokens_solve_for_equal_loss():
 
 def test_wasted_tokens_table_is_larger_at_low_bits():
     table = predict.wasted_tokens_table(TRUE, 4e8, [4e9, 4e10, 1.6e11], bits=(1, 6))
-    assert len(table) == 6 and (table.wasted >= 0).all()
-    one, six = (table.wasted[table.B.eq(b)].to_numpy() for b in (1, 6))
+    assert len(table) == 6 and (table.wasted_pct >= 0).all()
+    one, six = (table.wasted_pct[table.B.eq(b)].to_numpy() for b in (1, 6))
     assert np.all(one > six)
 
 
@@ -158,11 +158,17 @@ def test_predict_cli(tmp_path):
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     f, loss = predict.optimal_fraction(TRUE, 1.2e9, 1e11, 4.0)
-    assert got == pytest.approx({"qat_frac": f, "loss": loss})
+    assert {k: got[k] for k in ("qat_frac", "loss")} == pytest.approx({"qat_frac": f, "loss": loss})
+    assert got["loss_unit"] == "nats/token (vocabulary unknown)"
     text = run_module("analysis.predict", *args, cwd=tmp_path)
     assert f"{f:.4f}" in text.stdout and f"{loss:.4f}" in text.stdout
 
+    # A qat law has no FP runs in its fit: full precision only on request.
     fp = run_module("analysis.predict", *args[:-1], "16", "--json", cwd=tmp_path)
+    assert fp.returncode == 2 and "fitted on QAT runs only" in fp.stderr
+    fp = run_module(
+        "analysis.predict", *args[:-1], "16", "--interpolate-bits", "--json", cwd=tmp_path
+    )
     assert json.loads(fp.stdout)["qat_frac"] == 0.0
 
 
@@ -170,7 +176,7 @@ def test_predict_cli(tmp_path):
     ("args", "message"),
     [
         (["--law", "missing.json", "--n", "1e9", "--tokens", "1e11", "--bits", "4"], "does not"),
-        (["--law", "law.json", "--n", "-1", "--tokens", "1e11", "--bits", "4"], "n=-1.0; must be"),
+        (["--law", "law.json", "--n", "-1", "--tokens", "1e11", "--bits", "4"], "--n='-1' is not"),
         (["--law", "fp.json", "--n", "1e9", "--tokens", "1e11", "--bits", "4"], "no QAT terms"),
     ],
 )

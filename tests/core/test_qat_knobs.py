@@ -9,7 +9,6 @@ import dataclasses
 import pytest
 import torch
 
-from qat.cell import run_name
 from qat.config import ModelConfig, OptimConfig, QuantConfig, RunConfig
 from qat.engine import QatSwitch
 from qat.engine.packed.optimizer import PackedAdamW
@@ -18,6 +17,7 @@ from qat.errors import ConfigError
 from qat.model import Transformer
 from qat.optim import SCALE_GROUP, build_optimizer
 from qat.schedule import LrSchedule, plan_phases
+from qat.tracking import run_name
 from qat.trunk import trunk_key
 
 MODEL = ModelConfig(name="t", dim=32, n_layers=2, n_heads=4, ffn_dim=64)
@@ -52,9 +52,9 @@ def test_set_knobs_change_the_run_key_but_not_the_trunk():
     assert trunk_key(base) == trunk_key(lower) == trunk_key(reset)  # one FP trunk for all
     names = [run_name(c) for c in (base, lower, reset)]
     assert names == [
-        "nano-b4-f0.3-t2e+06",
-        "nano-b4-f0.3-qlr0.3-t2e+06",
-        "nano-b4-f0.3-reset-t2e+06",
+        f"nano-b4-f0.3-t2M-s0-bundled-v4096-{base.run_key[:6]}",
+        f"nano-b4-f0.3-qlr0.3-t2M-s0-bundled-v4096-{lower.run_key[:6]}",
+        f"nano-b4-f0.3-reset-t2M-s0-bundled-v4096-{reset.run_key[:6]}",
     ]
 
 

@@ -81,3 +81,27 @@ def test_jsonl_sink_appends_records(tmp_path):
     JsonlSink(path).log({"train/loss": 1.0}, 20)
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and '"tokens": 20' in lines[1]
+
+
+def test_experiments_are_classic_ml_experiments_even_when_made_before(uri):
+    from mlflow.tracking import MlflowClient
+
+    from qat.tracking_schema import CLASSIC_ML_KIND, EXPERIMENT_KIND_TAG
+
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_experiment(Tracker(uri, "fresh").experiment_id).tags == {
+        EXPERIMENT_KIND_TAG: CLASSIC_ML_KIND
+    }
+    older = client.create_experiment("older")  # as stores made before the tag hold them
+    assert Tracker(uri, "older").experiment_id == older
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == CLASSIC_ML_KIND
+
+
+def test_fail_tags_the_reason_and_never_hides_the_error(uri):
+    tracker = Tracker(uri, "exp")
+    run_id = tracker.open_run("key3", "cell")
+    tracker.fail(run_id, TrackingError("shard val.bin is truncated\nmore detail"))
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "shard val.bin is truncated"
+    tracker.fail("no-such-run", "a reason")  # a store that refuses is not a second error

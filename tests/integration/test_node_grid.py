@@ -3,6 +3,7 @@ at a deadline and finished by running the same command again."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -42,6 +43,14 @@ def test_deadline_then_rerun_finishes_every_cell_once(tmp_path, data_root):
     done = node_grid(tmp_path, data_root, "--workers-per-gpu", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "3 sub-grids done, 0 failed, 0 left" in done.stdout
+    # the grid's bar, read from the run store; off a terminal plain lines, no carriage return
+    grid = [line for line in done.stderr.splitlines() if line.startswith("grid: ")]
+    assert re.match(r"grid: 5/5 cells, (\S+)/\1 tokens \(100%\), ", grid[-1]), grid
+    assert grid[-1].endswith(", ETA 0s") and "\r" not in done.stderr
+    # each worker's log: its cells' plain progress lines, named by the cell
+    logs = "".join(path.read_text() for path in tmp_path.glob("multirun/node_grid/*/*.log"))
+    assert "\r" not in logs
+    assert re.search(r"^nano b[24] f0\.(25|5) 100K s0: [\d.]+K/100K tokens \(", logs, re.M), logs
     finished = [r for r in runs(tmp_path) if r.info.status == "FINISHED"]
     # FP once (bits=16 ignores qat_frac) + 2 bit widths × 2 fractions, each exactly once.
     assert len(finished) == 5
@@ -58,6 +67,8 @@ def test_packed_sub_grids_are_one_pack_each(tmp_path, data_root):
     packed = node_grid(tmp_path, data_root, "trainer=packed", "seed=0,1")
     assert packed.returncode == 0, packed.stderr[-3000:]
     assert "cells in 2 sub-grids; 1 workers" in packed.stdout
+    logs = "".join(path.read_text() for path in tmp_path.glob("multirun/node_grid/*/*.log"))
+    assert re.search(r"^pack nano s1 \(5 cells\): 100K/100K tokens \(100%\)", logs, re.M), logs
     finished = [r for r in runs(tmp_path) if r.info.status == "FINISHED"]
     assert len(finished) == 10
     assert all(r.data.params["trainer.backend"] == "packed" for r in finished)

@@ -180,14 +180,26 @@ GRID = (
 )
 
 
-def test_a_killed_pack_resumes_every_unfinished_member(tmp_path, data_root):
-    clean = train(tmp_path / "clean", data_root, *GRID)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_root) -> dict[str, float]:
+    """final/val_loss by run key of GRID trained without interruption."""
+    workdir = tmp_path_factory.mktemp("clean")
+    clean = train(workdir, data_root, *GRID)
     assert clean.returncode == 0, clean.stderr[-3000:]
-    expected = {
-        r.data.tags["run_key"]: r.data.metrics["final/val_loss"] for r in runs(tmp_path / "clean")
-    }
+    expected = {r.data.tags["run_key"]: r.data.metrics["final/val_loss"] for r in runs(workdir)}
     assert len(expected) == 4
+    return expected
 
+
+def finished_losses(workdir: Path) -> dict[str, float]:
+    return {
+        r.data.tags["run_key"]: r.data.metrics["final/val_loss"]
+        for r in runs(workdir)
+        if r.info.status == "FINISHED"
+    }
+
+
+def test_a_killed_pack_resumes_every_unfinished_member(tmp_path, data_root, uninterrupted):
     workdir = tmp_path / "killed"
     workdir.mkdir()
     flags = [o for o in GRID if o.startswith("-")]
@@ -212,9 +224,39 @@ def test_a_killed_pack_resumes_every_unfinished_member(tmp_path, data_root):
     resumed = train(workdir, data_root, *GRID)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
-    finished = {
-        r.data.tags["run_key"]: r.data.metrics["final/val_loss"]
-        for r in runs(workdir)
-        if r.info.status == "FINISHED"
-    }
-    assert finished == expected
+    assert finished_losses(workdir) == uninterrupted
+
+
+def test_an_interrupted_pack_checkpoints_where_it_stopped(tmp_path, data_root, uninterrupted):
+    """SIGINT (Ctrl-C, node_grid's deadline) stops a pack at the next step boundary with a
+    checkpoint of that step, though no periodic checkpoint is due; the rerun resumes there."""
+    workdir = tmp_path / "interrupted"
+    workdir.mkdir()
+    grid = [*GRID, "trainer.ckpt_every_frac=1.0"]  # no periodic checkpoint before the end
+    flags = [o for o in grid if o.startswith("-")]
+    rest = [o for o in grid if not o.startswith("-")]
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *flags, "trainer.progress=false", *rest],
+        cwd=workdir,
+        env=train_env(workdir, data_root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        # The first logged window: the loop runs, far from its last step.
+        if any(path.stat().st_size for path in workdir.glob("runs/*/metrics.jsonl")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the pack ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    checkpoints = list(workdir.glob("runs/packs/*/checkpoints/*/COMPLETE"))
+    assert len(checkpoints) == 1, "an interrupted pack must leave exactly its stopping checkpoint"
+    assert {r.info.status for r in runs(workdir)} <= {"KILLED", "FINISHED"}
+
+    resumed = train(workdir, data_root, *grid)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    assert finished_losses(workdir) == uninterrupted

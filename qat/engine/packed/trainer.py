@@ -31,6 +31,7 @@ from qat.engine.packed.optimizer import PackedAdamW
 from qat.engine.packed.weights import ParameterLayout
 from qat.errors import TrainingError
 from qat.model import Transformer, count_parameters, rotary_tables
+from qat.progress import CellProgress
 from qat.quant import init_scale, quantize_model, resolve_kernel
 from qat.tracking_schema import FINAL_METRIC, FP_METRIC, TRAIN_LOSS, TRAIN_LR, TRAIN_SPEED
 
@@ -149,6 +150,8 @@ class PackedTrainer:
         self.window = torch.zeros(len(self.rows), device=device)
         self.window_steps, self.window_start = 0, time.perf_counter()
         self._segments: list[Segment] | None = None
+        self._progress = CellProgress("pack", 0, enabled=False)  # train() opens the shown one
+        self._shown_loss = math.nan
         latest = list_packs(checkpoint_dir)
         if resume and latest:
             self._load(latest[-1])
@@ -247,30 +250,55 @@ class PackedTrainer:
 
     def train(self) -> None:
         """Train every member to its end (or until a requeue is requested)."""
-        progress = _progress_bar(self.total_steps, self.step, self.config.trainer.progress)
+        tokens = self.tokens_per_step
+        self._progress = CellProgress(
+            self._label(),
+            self.total_steps * tokens,
+            self.step * tokens,
+            enabled=self.config.trainer.progress,
+        )
         interval = max(1, math.ceil(self.config.trainer.ckpt_every_frac * self.total_steps))
-        with preemption.training_loop():
+        # A deadline (node_grid) or Ctrl-C stops a pack at a step boundary with a checkpoint, so
+        # a rerun resumes every member from there instead of from the last periodic one. The bar
+        # is closed before any error is reported (never glued onto it).
+        with preemption.training_loop(defer_interrupt=True), self._progress as progress:
             while True:
                 self._boundary()
                 if not self.rows:
                     break
                 self._train_step()
                 self.step += 1
-                progress.update(1)
+                progress.phase = f"{len(self.rows)} member{'' if len(self.rows) == 1 else 's'}"
+                # Every member (trunk or cell) advanced one step of its budget.
+                progress.advance(tokens, self._window_loss, work=tokens * len(self.rows))
                 periodic = self.step % interval == 0 and self.step < self.total_steps
                 if (
                     self.step % self.config.trainer.log_every == 0
                     or periodic
                     or self._event_at(self.step)
                 ):
-                    self._flush(progress)
+                    self._flush()
                 if periodic:
                     self.save()
                 if preemption.requested():  # SLURM asked: save, then requeue
                     self.save()
                     progress.close()
                     preemption.hand_over()
-        progress.close()
+                if preemption.interrupted():
+                    self.save()
+                    progress.close()
+                    raise KeyboardInterrupt
+
+    def _label(self) -> str:
+        """The pack's bar: ``pack nano s0,1 (8 cells)``."""
+        seeds = ",".join(str(s) for s in sorted({lineage.seed for lineage in self.lineages}))
+        return f"pack {self.config.model.name} s{seeds} ({len(self.members)} cells)"
+
+    def _window_loss(self) -> float:
+        """The members' mean training loss since the last flush (the last one's just after)."""
+        if self.window_steps:
+            self._shown_loss = (self.window / self.window_steps).mean().item()
+        return self._shown_loss
 
     def _event_at(self, step: int) -> bool:
         for row in self.rows:
@@ -349,6 +377,7 @@ class PackedTrainer:
                 self.events.log(row.key, {FP_METRIC: loss}, tokens)
             self.events.log(row.key, {FINAL_METRIC: loss}, tokens)
             self.done[row.key] = "finished"
+            self._progress.cell_ended(row.key)
             weights = self.layout.member_state(self.flats, index, row.quantized)
             self.events.finished(
                 row.key, loss, row.fp_val_loss, {k: v.cpu() for k, v in weights.items()}
@@ -357,6 +386,7 @@ class PackedTrainer:
 
     def _fail(self, key: str, error: Exception) -> None:
         self.done[key] = "failed"
+        self._progress.cell_ended(key, failed=True)
         self.events.failed(key, error)
 
     def _segments_of(self, rows: list[Row]) -> list[Segment]:
@@ -408,7 +438,7 @@ class PackedTrainer:
         self.window += losses.detach()
         self.window_steps += 1
 
-    def _flush(self, progress: Any) -> None:
+    def _flush(self) -> None:
         """Log each row's mean training loss since the last flush; a non-finite one fails it."""
         if self.window_steps == 0:
             return
@@ -435,7 +465,8 @@ class PackedTrainer:
                 row.records.append((metrics, tokens))
             else:
                 self.events.log(row.key, metrics, tokens)
-        progress.set_postfix(members=len(self.rows), cell_tok_s=f"{speed * len(self.rows):,.0f}")
+        if self.rows:
+            self._shown_loss = sum(means) / len(means)
         self.window.zero_()
         self.window_steps, self.window_start = 0, time.perf_counter()
         if failed:
@@ -506,17 +537,3 @@ class PackedTrainer:
             self.loaders[int(seed)].load_state_dict(dict(cursor))
         self.window = torch.zeros(len(self.rows), device=self.device)
         self._segments = None
-
-
-def _progress_bar(total: int, start: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=start,
-        unit="step",
-        desc="pack",
-        disable=not enabled,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
