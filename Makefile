@@ -86,7 +86,7 @@ report: setup  ## table of the finished runs of EXPERIMENT
 status: setup  ## where the grid GRID="grid=smoke bits=2,4" stands (finished/running/queued/failed)
 	$(BIN)/python -m qat.status $(GRID)
 
-plan: setup  ## the shared FP trunks of GRID and the tokens they save
+plan: setup  ## the shared FP trunks of GRID, the tokens they save and the time they take (docs/plan.md)
 	$(BIN)/python -m qat.plan $(GRID)
 
 mlflow-ui: setup  ## the MLflow UI on http://127.0.0.1:5000 over the local store

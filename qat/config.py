@@ -17,7 +17,9 @@ from qat.units import parse_count
 
 ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 FP_BITS = 16.0
-DEFAULT_TOKENS = 2_000_000  # the budget when neither tokens nor tokens_per_param is set
+# The budget when neither tokens nor tokens_per_param is set: a first run of about a minute on 2
+# CPU cores (docs/plan.md) in which the loss still falls below the unigram entropy.
+DEFAULT_TOKENS = 300_000
 # Knobs added after runs were recorded: at these values they stay out of the run key, so every
 # cell recorded before them keeps its key (and a grid re-run skips it).
 KEY_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -219,7 +219,7 @@ def _build(
         )
     # Trained on training text only, so nothing about validation leaks into the vocabulary.
     sample = tokenizer_sample(train_docs) if given is None else []
-    tokenizer = train_tokenizer(sample, vocab_size) if given is None else given.tokenizer
+    tokenizer = _train_reporting(sample, vocab_size) if given is None else given.tokenizer
     top_up = None
     if min_val_tokens is not None:
         train_docs, val_docs, top_up = top_up_validation(
@@ -229,7 +229,7 @@ def _build(
             print(top_up.describe(), flush=True)
             if given is None and top_up.moved_docs:  # retrained without the moved documents
                 sample = tokenizer_sample(train_docs)
-                tokenizer = train_tokenizer(sample, vocab_size)
+                tokenizer = _train_reporting(sample, vocab_size)
     end = eot_id(tokenizer) if given is None else given.end_id
     save_tokenizer(tokenizer, build_dir / TOKENIZER_FILE)
     cap = request["max_train_tokens"]
@@ -260,6 +260,22 @@ def _build(
         meta["debian_packages"] = {p.name: p.version for p in DEBIAN_PACKAGES}
     # Written last: its presence is what marks the folder complete.
     (build_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _train_reporting(sample: Sequence[str], vocab_size: int) -> Tokenizer:
+    """Train the tokenizer with a line on stderr before and after: it takes seconds to
+    minutes and shows no progress of its own."""
+    megabytes = sum(len(d.encode()) for d in sample) / 1e6
+    print(
+        f"training a {vocab_size}-token BPE tokenizer on {megabytes:.1f} MB of text ...",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    start = time.perf_counter()
+    tokenizer = train_tokenizer(sample, vocab_size)
+    print(f" done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return tokenizer
 
 
 def _token_counter(tokenizer: Tokenizer) -> Callable[[Sequence[str]], list[int]]:

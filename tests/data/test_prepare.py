@@ -1,5 +1,6 @@
 import importlib
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -203,3 +204,18 @@ def test_a_built_folder_needs_no_source(corpus_dir: Path, tmp_path: Path) -> Non
     assert again.fingerprint == built.fingerprint
     with pytest.raises(DataError, match="existing file or folder"):
         prepare(source, tmp_path / "other", vocab_size=VOCAB, val_fraction=VAL)
+
+
+def test_tokenizer_training_says_what_it_does_and_how_long_it_took(
+    corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prepare(str(corpus_dir), tmp_path / "out", vocab_size=VOCAB, val_fraction=VAL)
+    lines = capsys.readouterr().err.splitlines()
+    (line,) = [line for line in lines if "BPE tokenizer" in line]
+    assert re.fullmatch(
+        rf"training a {VOCAB}-token BPE tokenizer on \d+\.\d MB of text \.\.\. done in \d+\.\d s",
+        line,
+    )
+    # Found already built: nothing is trained, nothing is said.
+    prepare(str(corpus_dir), tmp_path / "out", vocab_size=VOCAB, val_fraction=VAL)
+    assert "BPE tokenizer" not in capsys.readouterr().err

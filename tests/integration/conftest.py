@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import VOCAB
 
 __all__ = ["VOCAB"]
@@ -39,6 +41,16 @@ def train(workdir: Path, data_root: Path, *overrides: str, timeout: float = 900)
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory, data_root):
+    """`train.py -m grid=smoke` run once per session: (its folder, the finished process).
+    The folder holds mlflow.db and runs/ as the README's commands leave them in a checkout."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    result = train(workdir, data_root, "-m", "grid=smoke")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
 
 
 def runs(workdir: Path, experiment: str = "qat"):

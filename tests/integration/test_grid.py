@@ -10,11 +10,8 @@ SMALL = (f"data.vocab_size={VOCAB}", "data.batch_size=8", "data.eval_tokens=1638
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, data_root):
-    workdir = tmp_path_factory.mktemp("smoke")
-    result = train(workdir, data_root, "-m", "grid=smoke")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, result
+def smoke(smoke_grid):
+    return smoke_grid
 
 
 def test_smoke_grid_finishes_every_cell(smoke):
