@@ -88,7 +88,8 @@ def _check_key(key: str, keys: dict[str, tuple[str, ...]]) -> None:
 
 def _check_options(group: str, values: list[str], options: tuple[str, ...]) -> None:
     for value in values:
-        if value in options or value in _NULL_OPTIONS:
+        # A dict value (model={n_layers:3}) merges into the group's node rather than naming one.
+        if value in options or value in _NULL_OPTIONS or value.startswith("{"):
             continue
         guess = did_you_mean(value, options)
         hint = f"did you mean '{guess}'? " if guess else ""

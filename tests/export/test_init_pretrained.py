@@ -166,6 +166,6 @@ def test_an_init_without_a_tokenizer_is_refused_before_anything_is_written(tmp_p
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no usable tokenizer" in errors[0]
-    # Hydra's own log folder (outputs/) is all there is.
-    assert [p.name for p in (tmp_path / "work").iterdir()] == ["outputs"]
+    # Nothing at all: not even Hydra's log folder (outputs/) of a run that never started.
+    assert list((tmp_path / "work").iterdir()) == []
     assert not (tmp_path / "data").exists()
