@@ -50,19 +50,23 @@ def _project(w: Tensor, u: Tensor, fmt: QuantFormat) -> Tensor:
     return torch.round(u).clamp(fmt.qn, fmt.qp)
 
 
-def _clip_bounds(u: Tensor, fmt: QuantFormat) -> tuple[Bound, Bound]:
-    """The u range inside which the STE passes the weight gradient through (per element for
-    block-scaled formats)."""
+def _clip_bounds(fmt: QuantFormat) -> tuple[float, float]:
+    """The u range inside which the STE passes the weight gradient through."""
     if fmt.family == "binary":
         return -1.0, 1.0
     if fmt.family == "seq":
         return -SEQ_CLIP, SEQ_CLIP
-    if fmt.element is not None and fmt.blocks is not None:
-        s = block_scaled.block_scales(u, fmt.element, fmt.blocks)
-        # A zero block scale (NV underflow) rounds its whole block to 0: no clipping there.
-        hi = torch.where(s > 0, s * fmt.qp, torch.inf)
-        return -hi, hi
     return fmt.qn, fmt.qp
+
+
+def _element_bounds(u: Tensor, fmt: QuantFormat) -> tuple[Bound, Bound]:
+    """:func:`_clip_bounds`, per element for block-scaled formats: ±s·max with s u's block scale."""
+    if fmt.element is None or fmt.blocks is None:
+        return _clip_bounds(fmt)
+    s = block_scaled.block_scales(u, fmt.element, fmt.blocks)
+    # A zero block scale (NV underflow) rounds its whole block to 0: no clipping there.
+    hi = torch.where(s > 0, s * fmt.qp, torch.inf)
+    return -hi, hi
 
 
 class FakeQuantFunction(torch.autograd.Function):
@@ -87,7 +91,7 @@ class FakeQuantFunction(torch.autograd.Function):
         fmt: QuantFormat = ctx.fmt
         wc, _, u = _normalised(w, scale)
         g = grad_out.to(u.dtype)
-        lo, hi = _clip_bounds(u, fmt)
+        lo, hi = _element_bounds(u, fmt)
         small, big = u < lo, u > hi
         mid = ~(small | big)
 
