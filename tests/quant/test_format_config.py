@@ -69,3 +69,13 @@ def test_the_config_knows_every_format_and_its_element_bits():
     assert tuple(QUANT_FORMAT_BITS) == ALLOWED_FORMATS
     for name, fmt in FLOAT_FORMATS.items():
         assert fmt.element is not None and QUANT_FORMAT_BITS[name] == fmt.element.bits
+
+
+def test_export_refuses_a_float_format_in_one_line():
+    from qat.export.errors import ExportError
+    from qat.export.weights import layer_format
+
+    assert layer_format(RunConfig.from_dict(tree()), "layers.0.attention.wq").name == "int4"
+    with pytest.raises(ExportError, match="export covers quant.format=int only") as info:
+        layer_format(RunConfig.from_dict(tree(format="mxfp4")), "layers.0.attention.wq")
+    assert "\n" not in str(info.value)
