@@ -76,6 +76,6 @@ def test_export_refuses_a_float_format_in_one_line():
     from qat.export.weights import layer_format
 
     assert layer_format(RunConfig.from_dict(tree()), "layers.0.attention.wq").name == "int4"
-    with pytest.raises(ExportError, match="export covers quant.format=int only") as info:
+    with pytest.raises(ExportError, match=r"export covers quant\.format=int only") as info:
         layer_format(RunConfig.from_dict(tree(format="mxfp4")), "layers.0.attention.wq")
     assert "\n" not in str(info.value)
