@@ -1,8 +1,10 @@
-"""Every float format trains a real cell through train.py on CPU (one shared FP trunk), and its
-MLflow params record quant.format; a bad format is refused in one line with exit status 2."""
+"""Every float format trains a real cell through train.py on CPU (one shared FP trunk), its
+MLflow params record quant.format and analysis.collect reads B as its bits per weight; a bad
+format is refused in one line with exit status 2."""
 
 from __future__ import annotations
 
+from analysis.collect import from_mlflow
 from tests.integration.conftest import error_lines, runs, train
 
 # The smallest cell the config accepts: 8 steps of 4×32 tokens, half of them QAT.
@@ -39,6 +41,17 @@ def test_each_float_format_trains_a_cell_and_is_recorded(tmp_path, data_root):
         if "branched from trunk" in line
     }
     assert len(trunks) == 1
+
+    # The analysis takes B as the bits per weight of the format, block scales counted.
+    table = from_mlflow("qat", f"sqlite:///{work}/mlflow.db").set_index("format")
+    assert table["B"].to_dict() == {
+        "fp4_e2m1": 4.0,
+        "mxfp4": 4.25,
+        "nvfp4": 4.5,
+        "fp6_e2m3": 6.0,
+        "fp6_e3m2": 6.0,
+        "fp8_e4m3": 8.0,
+    }
 
     bad = train(work, data_root, *CELL, "bits=4", "quant.format=fp5")
     assert bad.returncode == 2
