@@ -1,8 +1,9 @@
 """Runs → one pandas table: from an MLflow experiment (the trainer's schema) or a CSV/Parquet file.
 
 The table has one row per run with N (non-embedding parameters), D_fp, D_qat, D_total (tokens), B
-(bits; 16 = full precision, no QAT), fusion, loss (final validation loss of the quantized model)
-and the tokens per parameter byte S_total, S_fp, S_qat = D / (N·B/8).
+(bits per weight, block scales counted: 4.25 for MXFP4; 16 = full precision, no QAT), format (int or
+a float format's name, qat.quant.formats), fusion, loss (final validation loss of the quantized
+model) and the tokens per parameter byte S_total, S_fp, S_qat = D / (N·B/8).
 
 Export an experiment's FINISHED runs to a file that `read_table` (and every CLI's --csv) reads back:
 
@@ -43,6 +44,8 @@ REQUIRED = ("N", "D_fp", "D_qat", "B", "loss")
 _PARAMS = {N_PARAMS: "N", TOKENS_FP: "D_fp", TOKENS_QAT: "D_qat", BITS: "B"}
 # Columns kept as text when a file is read back (a hex run id can look like a number: "1e5...").
 TEXT_COLUMNS = ("run_id", "run_key", "model", "seed", "data", "vocab_size")
+# The weight format param; runs logged before it existed are of the integer family.
+QUANT_FORMAT, INT_FORMAT = "quant.format", "int"
 # Config params that name the data a loss was measured on: a loss is in nats per token of it.
 DATA_SOURCE, VOCAB_SIZE = "data.source", "data.vocab_size"
 _TRUE = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -146,6 +149,16 @@ def _number(run_id: str, kind: str, name: str, values: dict) -> float:
         ) from None
 
 
+def _bits_per_weight(run_id: str, name: str) -> float:
+    """A float format's storage per weight, scale overhead included (the law's B)."""
+    from qat.quant.formats import FLOAT_FORMATS  # torch: only for runs of a float format
+
+    if name not in FLOAT_FORMATS:
+        allowed = ", ".join([INT_FORMAT, *FLOAT_FORMATS])
+        raise AnalysisError(f"run {run_id}: {QUANT_FORMAT}={name!r} is unknown; allowed: {allowed}")
+    return FLOAT_FORMATS[name].bits
+
+
 def _fraction(run_id: str, nominal: str | None, row: dict) -> float:
     """The run's configured QAT fraction, else D_qat / D_total when the param is absent."""
     if nominal is None:
@@ -178,6 +191,9 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
             row: dict[str, Any] = {
                 col: _number(rid, "param", p, params) for p, col in _PARAMS.items()
             }
+            row["format"] = params.get(QUANT_FORMAT, INT_FORMAT)
+            if row["format"] != INT_FORMAT and row["B"] < 16.0:
+                row["B"] = _bits_per_weight(rid, row["format"])
             row["loss"] = _number(rid, "metric", FINAL_METRIC, metrics)
             row["fp_loss"] = metrics.get(FP_METRIC, math.nan)
             fused = _bool(params.get("fusion", "False"), f"run {rid}")

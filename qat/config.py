@@ -17,6 +17,17 @@ from qat.units import parse_count
 
 ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 FP_BITS = 16.0
+# quant.format: "int" is the ParetoQ integer family chosen by bits; the float formats (listed in
+# qat.quant.formats, without importing torch here) fix their element's bits, which `bits` states.
+QUANT_FORMAT_BITS: dict[str, float | None] = {
+    "int": None,
+    "fp4_e2m1": 4.0,
+    "fp6_e2m3": 6.0,
+    "fp6_e3m2": 6.0,
+    "fp8_e4m3": 8.0,
+    "mxfp4": 4.0,
+    "nvfp4": 4.0,
+}
 # The budget when neither tokens nor tokens_per_param is set: a first run of about a minute on 2
 # CPU cores (docs/plan.md) in which the loss still falls below the unigram entropy.
 DEFAULT_TOKENS = 300_000
@@ -25,7 +36,7 @@ DEFAULT_TOKENS = 300_000
 KEY_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "schedule": {"qat_lr_ratio": 1.0},
     "optim": {"qat_reset_moments": False},
-    "quant": {"embeddings": False},
+    "quant": {"embeddings": False, "format": "int"},
 }
 
 
@@ -72,6 +83,9 @@ class QuantConfig:
     scale_lr_mult: float = 1.0
     # true: the embedding and LM head are fake-quantized too, at max(bits, 4) (qat.quant.embedding)
     embeddings: bool = False
+    # int (the ParetoQ family chosen by bits) | fp4_e2m1 | fp6_e2m3 | fp6_e3m2 | fp8_e4m3 | mxfp4
+    # | nvfp4 (qat.quant.formats); only a format other than int enters the run key.
+    format: str = "int"
 
 
 @dataclass(frozen=True)
@@ -276,11 +290,36 @@ class RunConfig:
             self.quant.kernel in ("auto", "cuda", "reference"),
             f"quant.kernel={self.quant.kernel!r} is one of: auto, cuda, reference",
         )
+        self._validate_format()
         if self.init.pretrained:
             _require(not self.is_fp_only, "a QAT bit width (not 16) with init.source")
             _require(self.init.tokens > 0, "init.tokens > 0: the tokens it was pretrained on")
             _require(self.trunk == "off", "trunk=off (or auto) with init.source")
             _require(t.backend != "packed", "trainer=torch or deepspeed with init.source")
+
+    def _validate_format(self) -> None:
+        name = self.quant.format
+        if name not in QUANT_FORMAT_BITS:
+            raise ConfigError(
+                f"quant.format={name!r} is not supported; allowed: {', '.join(QUANT_FORMAT_BITS)}"
+            )
+        element_bits = QUANT_FORMAT_BITS[name]
+        if element_bits is None:
+            return
+        _require(
+            self.is_fp_only or self.bits == element_bits,
+            f"bits={element_bits:g} (or 16, FP only) with quant.format={name}",
+        )
+        # The packed engine, the embedding quantizer and the CUDA kernel know the int family only.
+        _require(
+            self.trainer.backend != "packed",
+            f"quant.format=int with trainer=packed (quant.format={name} needs trainer=torch)",
+        )
+        _require(not self.quant.embeddings, f"quant.embeddings=false with quant.format={name}")
+        _require(
+            self.quant.kernel != "cuda",
+            f"quant.kernel=auto or reference with quant.format={name} (CUDA kernel: int only)",
+        )
 
     def science(self) -> dict[str, Any]:
         """Everything that changes the result, and nothing else (the run key's input)."""

@@ -198,10 +198,12 @@ def classic_experiment(client: Any, name: str) -> str:
 
 
 def run_name(config: RunConfig) -> str:
-    """``nano-b4-f0.3-t2M-s0-bundled-v2048-a63977``: the swept keys in a readable order, the QAT
+    """``nano-b4-f0.3-t2M-s0-bundled-v2048-a63977``: the swept keys in a readable order (a float
+    format's name, e.g. mxfp4, in place of b4), the QAT
     knobs when set, and the run key's first characters, so no two cells share a name."""
     quantized = not config.is_fp_only
-    parts = [config.model.name, f"b{config.bits:g}" if quantized else "fp"]
+    weights = f"b{config.bits:g}" if config.quant.format == "int" else config.quant.format
+    parts = [config.model.name, weights if quantized else "fp"]
     if quantized:
         parts.append(f"f{config.qat_frac:g}")
         if config.fusion:

@@ -26,6 +26,7 @@ from qat.quant import (
     quant_parameters,
     quantize_embeddings,
     quantize_model,
+    resolve_format,
 )
 
 # How a backend writes a parameter's value (DeepSpeed's ZeRO keeps its own fp32 copy to update).
@@ -51,7 +52,8 @@ class QatSwitch:
     def convert(self, model: nn.Module, optimizer: torch.optim.Optimizer, active: bool) -> None:
         """Swap in QuantLinear (scales from the current weights) and give the optimizer their
         scales; ``active=False`` builds them switched off, for engines that fix parameters early."""
-        quantize_model(model, self.bits, kernel=self.quant.kernel, exclude=self.quant.exclude)
+        fmt = resolve_format(self.bits, self.quant.format)
+        quantize_model(model, fmt, kernel=self.quant.kernel, exclude=self.quant.exclude)
         if self.quant.embeddings:
             quantize_embeddings(model, self.bits, kernel=self.quant.kernel)
         for layer in self.layers(model):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from qat.config import RunConfig
+from qat.export.errors import ExportError
 from qat.quant import QuantFormat, format_for_bits
 from qat.quant.codes import dequantize, quant_codes
 from qat.quant.embedding import embedding_format
@@ -17,6 +18,12 @@ EMBEDDING_LAYERS = ("tok_embeddings", "output")
 
 def layer_format(config: RunConfig, layer: str) -> QuantFormat:
     """The number format a quantized layer of ``config``'s run was trained in."""
+    if config.quant.format != "int":
+        # Codes and packing exist for the integer family only; a float run would export wrongly.
+        raise ExportError(
+            f"export covers quant.format=int only; this run trained quant.format="
+            f"{config.quant.format}"
+        )
     if config.quant.embeddings and layer in EMBEDDING_LAYERS:
         return embedding_format(config.bits)
     return format_for_bits(config.bits)

@@ -1,4 +1,5 @@
-"""Quantization-aware training: ParetoQ-family weight fake quantization for Linear layers."""
+"""Quantization-aware training: weight fake quantization for Linear layers, in the ParetoQ
+integer family or a float format (minifloats, MXFP4, NVFP4)."""
 
 from qat.quant.embedding import (
     EMBEDDING_MIN_BITS,
@@ -8,7 +9,10 @@ from qat.quant.embedding import (
 )
 from qat.quant.errors import QuantConfigError
 from qat.quant.formats import (
+    ALLOWED_FORMATS,
+    FLOAT_FORMATS,
     FP_BITS,
+    INT_FORMAT,
     SCALE_EPS,
     QuantFormat,
     as_format,
@@ -17,6 +21,7 @@ from qat.quant.formats import (
     is_full_precision,
     level_count,
     levels,
+    resolve_format,
 )
 from qat.quant.kernels import register_cuda_backend
 from qat.quant.linear import QuantLinear
@@ -35,9 +40,12 @@ from qat.quant.reference import FakeQuantFunction, reference_fake_quant
 register_cuda_backend()
 
 __all__ = [
+    "ALLOWED_FORMATS",
     "DEFAULT_EXCLUDE",
     "EMBEDDING_MIN_BITS",
+    "FLOAT_FORMATS",
     "FP_BITS",
+    "INT_FORMAT",
     "SCALE_EPS",
     "FakeQuantFunction",
     "QuantConfigError",
@@ -60,5 +68,6 @@ __all__ = [
     "quantize_model",
     "reference_fake_quant",
     "register_backend",
+    "resolve_format",
     "resolve_kernel",
 ]

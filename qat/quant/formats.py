@@ -1,7 +1,9 @@
 """Number formats as data: which quantizer family, its clip levels and its scale initialisation.
 
-Every supported bit width maps to one frozen :class:`QuantFormat`. The fake-quant math lives in
-``reference.py`` (and any kernel backend); this module only describes the formats.
+Every supported bit width of the integer (ParetoQ) family maps to one frozen :class:`QuantFormat`;
+the float formats (minifloats and the block-scaled MX/NV formats) are named in FLOAT_FORMATS and
+chosen by ``quant.format``. The fake-quant math lives in ``reference.py`` (and any kernel
+backend); this module only describes the formats.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from typing import Literal
 
 from torch import Tensor
 
+from qat.quant.block_scaled import MX_BLOCKS, NV_BLOCKS, BlockScaling
 from qat.quant.errors import QuantConfigError
+from qat.quant.minifloat import FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, ElementEncoding
 
-Family = Literal["binary", "seq", "lsq"]
+# "float": a minifloat element (``element``), optionally block-scaled (``blocks``).
+Family = Literal["binary", "seq", "lsq", "float"]
 
 # Forward and backward clamp the scale to at least this, so w/α never divides by zero.
 SCALE_EPS = 1e-5
@@ -32,6 +37,10 @@ class QuantFormat:
     weights, and ``qp`` sets the gradient scale 1/sqrt(numel·qp)). For SEQ, ``n_levels`` is the
     stretch n of ParetoQ's formula q(u) = (round(clamp(u)·n − shift) + shift)/n — 1.5 for ternary,
     2 for 2 bits — not the number of levels; :func:`level_count` gives that.
+
+    A float format has ``element`` (its minifloat) and, when block-scaled, ``blocks``; its clip
+    values are ±max_normal in units of α (times the block scale), and ``bits`` is the storage
+    per weight with the block scales counted (4.25 for MXFP4).
     """
 
     name: str
@@ -41,12 +50,16 @@ class QuantFormat:
     qp: float
     n_levels: float | None = None
     shift: float = 0.0
+    element: ElementEncoding | None = None
+    blocks: BlockScaling | None = None
 
     def __post_init__(self) -> None:
-        if self.family not in ("binary", "seq", "lsq"):
+        if self.family not in ("binary", "seq", "lsq", "float"):
             raise QuantConfigError(
-                f"family={self.family!r} is not supported; allowed: 'binary', 'seq', 'lsq'"
+                f"family={self.family!r} is not supported; allowed: 'binary', 'seq', 'lsq', 'float'"
             )
+        if (self.family == "float") != (self.element is not None):
+            raise QuantConfigError(f"{self.name}: a float format, and only one, needs an element")
         if not (self.qn < 0 < self.qp):
             raise QuantConfigError(f"qn={self.qn}, qp={self.qp}: need qn < 0 < qp")
         if self.family == "seq" and (self.n_levels is None or self.n_levels <= 0):
@@ -69,6 +82,57 @@ _FORMATS: dict[float, QuantFormat] = {
     2.0: _seq("seq2", 2.0, n=2.0, shift=0.5),
     **{float(b): _lsq(b) for b in (3, 4, 6, 8)},
 }
+
+
+def _float(name: str, element: ElementEncoding, blocks: BlockScaling | None = None) -> QuantFormat:
+    overhead = blocks.scale_bits / blocks.block_size if blocks is not None else 0.0
+    top = element.max_normal
+    return QuantFormat(
+        name, element.bits + overhead, "float", -top, top, element=element, blocks=blocks
+    )
+
+
+INT_FORMAT = "int"  # quant.format's default: the integer family above, chosen by bits
+FLOAT_FORMATS: dict[str, QuantFormat] = {
+    "fp4_e2m1": _float("fp4_e2m1", FP4_E2M1),
+    "fp6_e2m3": _float("fp6_e2m3", FP6_E2M3),
+    "fp6_e3m2": _float("fp6_e3m2", FP6_E3M2),
+    "fp8_e4m3": _float("fp8_e4m3", FP8_E4M3),
+    "mxfp4": _float("mxfp4", FP4_E2M1, MX_BLOCKS),
+    "nvfp4": _float("nvfp4", FP4_E2M1, NV_BLOCKS),
+}
+ALLOWED_FORMATS: tuple[str, ...] = (INT_FORMAT, *FLOAT_FORMATS)
+
+
+def check_format_name(name: str) -> None:
+    """Raise QuantConfigError (one line listing the allowed names) for an unknown format."""
+    if name not in ALLOWED_FORMATS:
+        raise QuantConfigError(
+            f"quant.format={name!r} is not supported; allowed: {', '.join(ALLOWED_FORMATS)}"
+        )
+
+
+def element_bits(name: str) -> int:
+    """The bits of one stored element of a float format (the ``bits`` a cell of it declares)."""
+    check_format_name(name)
+    element = FLOAT_FORMATS[name].element
+    if element is None:
+        raise QuantConfigError(f"quant.format={name!r} has no float element")
+    return element.bits
+
+
+def resolve_format(bits: float | str, name: str = INT_FORMAT) -> QuantFormat:
+    """The format of a cell: the integer one for ``bits`` when ``name`` is 'int', else the
+    named float format (its element must have ``bits`` bits)."""
+    check_format_name(name)
+    if name == INT_FORMAT:
+        return format_for_bits(bits)
+    if _parse_bits(bits) != element_bits(name):
+        raise QuantConfigError(
+            f"quant.format={name} stores {element_bits(name)}-bit elements; set bits="
+            f"{element_bits(name)} (got bits={bits!r})"
+        )
+    return FLOAT_FORMATS[name]
 
 
 def _parse_bits(bits: float | str) -> float:
@@ -110,7 +174,7 @@ def format_for_bits(bits: float | str) -> QuantFormat:
 
 
 def as_format(spec: QuantFormat | float | str) -> QuantFormat:
-    """Accept either a ready format or a bits value."""
+    """Accept either a ready format or a bits value (of the integer family)."""
     return spec if isinstance(spec, QuantFormat) else format_for_bits(spec)
 
 
@@ -120,11 +184,29 @@ def levels(fmt: QuantFormat) -> tuple[float, ...]:
         return (-1.0, 1.0)
     if fmt.family == "lsq":
         return tuple(float(k) for k in range(int(fmt.qn), int(fmt.qp) + 1))
+    if fmt.element is not None:
+        return float_grid(fmt.element)
     n, shift = fmt.n_levels, fmt.shift
     assert n is not None  # guaranteed by QuantFormat.__post_init__
     # The rounding is monotone, so the extreme integers come from the clip bounds.
     lo, hi = round(-SEQ_CLIP * n - shift), round(SEQ_CLIP * n - shift)
     return tuple((k + shift) / n for k in range(lo, hi + 1))
+
+
+def float_grid(enc: ElementEncoding) -> tuple[float, ...]:
+    """Every finite value of a minifloat, ascending (±0 once), up to ±max_normal."""
+    step = 2.0 ** (enc.min_normal_exp - enc.man_bits)  # the subnormal spacing
+    values = {0.0}
+    # Binade e holds 2^man_bits values spaced 2^(e − man_bits) from 2^e; the subnormals continue
+    # the first one down to zero with the same spacing.
+    values.update(k * step for k in range(1, 2**enc.man_bits))
+    e = enc.min_normal_exp
+    while 2.0**e <= enc.max_normal:
+        spacing = 2.0 ** (e - enc.man_bits)
+        values.update(2.0**e + k * spacing for k in range(2**enc.man_bits))
+        e += 1
+    positive = sorted(v for v in values if v <= enc.max_normal)
+    return tuple([-v for v in reversed(positive[1:])] + positive)
 
 
 def level_count(fmt: QuantFormat) -> int:
@@ -136,7 +218,8 @@ def init_scale(w: Tensor, fmt: QuantFormat) -> Tensor:
     """Initial per-output-channel scale α₀, shape [out, 1], float32, detached.
 
     binary: mean|w| (the L1-optimal binary scale); SEQ: max|w| (the clip covers the row);
-    LSQ: max|w|/Qp (the top integer level lands on the largest weight). An all-zero row gets
+    LSQ and float: max|w|/Qp (the top level lands on the largest weight; for block-scaled formats
+    the block scales then start near 1). An all-zero row gets
     SCALE_EPS so the scale stays trainable.
     """
     if w.dim() != 2:

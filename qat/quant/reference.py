@@ -1,5 +1,10 @@
 """Pure-PyTorch fake quantization with straight-through-estimator gradients (all families).
 
+Float formats round u = w/α onto their minifloat grid (qat.quant.minifloat); block-scaled ones
+first divide by each block's computed scale s (qat.quant.block_scaled), so q(u) = s·e2m1(u/s)
+and the clip range is ±s·max_normal, element by element. These are also what runs on a GPU: the
+CUDA kernel covers the integer family only.
+
 This is the ground truth that any faster backend must match. It runs on any device and any
 float dtype: the math is done in at least float32, the output has w's dtype and the scale
 gradient has the scale's dtype and shape.
@@ -12,7 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qat.quant import block_scaled
 from qat.quant.formats import SCALE_EPS, SEQ_CLIP, QuantFormat, grad_scale
+from qat.quant.minifloat import round_to_grid
+
+Bound = float | Tensor
 
 
 def _normalised(w: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -33,6 +42,11 @@ def _project(w: Tensor, u: Tensor, fmt: QuantFormat) -> Tensor:
         n, shift = fmt.n_levels, fmt.shift
         assert n is not None  # QuantFormat.__post_init__ requires it for SEQ
         return (torch.round(u.clamp(-SEQ_CLIP, SEQ_CLIP) * n - shift) + shift) / n
+    if fmt.element is not None:
+        if fmt.blocks is None:
+            return round_to_grid(u, fmt.element)
+        q, s = block_scaled.project(u, fmt.element, fmt.blocks)
+        return s * q
     return torch.round(u).clamp(fmt.qn, fmt.qp)
 
 
@@ -43,6 +57,16 @@ def _clip_bounds(fmt: QuantFormat) -> tuple[float, float]:
     if fmt.family == "seq":
         return -SEQ_CLIP, SEQ_CLIP
     return fmt.qn, fmt.qp
+
+
+def _element_bounds(u: Tensor, fmt: QuantFormat) -> tuple[Bound, Bound]:
+    """:func:`_clip_bounds`, per element for block-scaled formats: ±s·max with s u's block scale."""
+    if fmt.element is None or fmt.blocks is None:
+        return _clip_bounds(fmt)
+    s = block_scaled.block_scales(u, fmt.element, fmt.blocks)
+    # A zero block scale (NV underflow) rounds its whole block to 0: no clipping there.
+    hi = torch.where(s > 0, s * fmt.qp, torch.inf)
+    return -hi, hi
 
 
 class FakeQuantFunction(torch.autograd.Function):
@@ -67,7 +91,7 @@ class FakeQuantFunction(torch.autograd.Function):
         fmt: QuantFormat = ctx.fmt
         wc, _, u = _normalised(w, scale)
         g = grad_out.to(u.dtype)
-        lo, hi = _clip_bounds(fmt)
+        lo, hi = _element_bounds(u, fmt)
         small, big = u < lo, u > hi
         mid = ~(small | big)
 
@@ -80,8 +104,11 @@ class FakeQuantFunction(torch.autograd.Function):
                 # ŵ = α·sign(w) is linear in α everywhere, so dŵ/dα = sign(w) for every weight.
                 dq = q
             else:
-                # Clipped weights sit at α·Qn / α·Qp; inside, round() is passed straight through.
-                dq = torch.where(small, fmt.qn, torch.where(big, fmt.qp, q - u))
+                # Clipped weights sit at α·lo / α·hi; inside, round() is passed straight through
+                # (block scales are constants, as the rounding is).
+                # A clipped q is Qn/Qp (SEQ's clip range ends just short of them), or ±s·max.
+                q_lo, q_hi = (lo, hi) if fmt.blocks is not None else (fmt.qn, fmt.qp)
+                dq = torch.where(small, q_lo, torch.where(big, q_hi, q - u))
             row = (dq * g).sum(dim=1, keepdim=True) * grad_scale(ctx.weight_numel, fmt)
             grad_scale_out = row.to(scale.dtype).reshape(scale.shape)
         return grad_w, grad_scale_out, None, None
