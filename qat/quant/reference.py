@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qat.quant import block_scaled
+from qat.quant.block_scaled import block_scales, project
 from qat.quant.formats import SCALE_EPS, SEQ_CLIP, QuantFormat, grad_scale
 from qat.quant.minifloat import round_to_grid
 
@@ -45,7 +45,7 @@ def _project(w: Tensor, u: Tensor, fmt: QuantFormat) -> Tensor:
     if fmt.element is not None:
         if fmt.blocks is None:
             return round_to_grid(u, fmt.element)
-        q, s = block_scaled.project(u, fmt.element, fmt.blocks)
+        q, s = project(u, fmt.element, fmt.blocks)
         return s * q
     return torch.round(u).clamp(fmt.qn, fmt.qp)
 
@@ -63,7 +63,7 @@ def _element_bounds(u: Tensor, fmt: QuantFormat) -> tuple[Bound, Bound]:
     """:func:`_clip_bounds`, per element for block-scaled formats: ±s·max with s u's block scale."""
     if fmt.element is None or fmt.blocks is None:
         return _clip_bounds(fmt)
-    s = block_scaled.block_scales(u, fmt.element, fmt.blocks)
+    s = block_scales(u, fmt.element, fmt.blocks)
     # A zero block scale (NV underflow) rounds its whole block to 0: no clipping there.
     hi = torch.where(s > 0, s * fmt.qp, torch.inf)
     return -hi, hi
