@@ -40,17 +40,20 @@ def plain_every_s() -> float:
 # The keys the label below always shows: any other swept key is added as key=value.
 LABELLED_KEYS = frozenset(
     ("model", "model.name", "bits", "qat_frac", "tokens", "seed", "fusion")
-).union(("schedule.qat_lr_ratio", "optim.qat_reset_moments"))
+).union(("schedule.qat_lr_ratio", "optim.qat_reset_moments", "quant.format"))
 
 
 def cell_label(config: RunConfig, swept: Iterable[str] = ()) -> str:
-    """A cell as a person names it: ``nano b4 f0.3 2M s0`` (``fp`` for a full-precision cell),
+    """A cell as a person names it: ``nano b4 f0.3 2M s0`` (``fp`` for a full-precision cell,
+    ``mxfp4`` for a float format),
     then the value of each other key of ``swept`` (the grid's swept keys): ``optim.lr=0.01``."""
     parts = [config.model.name]
     if config.is_fp_only:
         parts.append("fp")
     else:
-        parts += [f"b{config.bits:g}", f"f{config.qat_frac:g}"]
+        # A float format (mxfp4) in place of the integer family's bit width (b4).
+        weights = f"b{config.bits:g}" if config.quant.format == "int" else config.quant.format
+        parts += [weights, f"f{config.qat_frac:g}"]
         if config.fusion:
             parts.append("fused")
         if config.schedule.qat_lr_ratio != 1.0:

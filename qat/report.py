@@ -44,6 +44,7 @@ COLUMNS = {
     f"metrics.{FINAL_METRIC}": "final_val_loss",
 }
 SOURCE, VOCAB = "params.data.source", "params.data.vocab_size"
+FORMAT = "params.quant.format"  # shown only where a float format (mxfp4, ...) ran
 UNFINISHED = ("FAILED", "KILLED", "RUNNING")
 
 
@@ -105,6 +106,11 @@ def _table(finished: pd.DataFrame) -> pd.DataFrame:
     table = finished[present].rename(columns=COLUMNS)
     if table.empty:
         return table.reset_index(drop=True)
+    if FORMAT in finished.columns:
+        # Runs from before the key (or with the default) are the integer family.
+        formats = finished[FORMAT].fillna("int")
+        if (formats != "int").any():
+            table.insert(1, "format", formats)
     table["bits"] = table["bits"].astype(float)
     table["qat_frac"] = table["qat_frac"].astype(float)
     table["tokens"] = table["tokens"].astype(int)

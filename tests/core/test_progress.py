@@ -27,6 +27,8 @@ def test_a_cell_is_named_by_its_keys_and_the_other_swept_ones():
         cell_label(config, ["bits", "qat_frac", "optim.lr"]) == "nano b4 f0.3 2M s1 optim.lr=0.02"
     )
     assert cell_label(RunConfig.from_dict(tree(bits=16, tokens="500K"))) == "nano fp 500K s0"
+    mxfp4 = RunConfig.from_dict(tree(quant={"format": "mxfp4"}))
+    assert cell_label(mxfp4, ["quant.format"]) == "nano mxfp4 f0.3 2M s0"
 
 
 def test_a_cell_bar_off_a_terminal_prints_plain_lines(capsys, every_update):

@@ -3,6 +3,7 @@ finish counted under each, and the grid plots logged to an analysis run."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -72,3 +73,28 @@ def test_grid_plots_are_written_and_logged_to_an_analysis_run(store, tmp_path, c
     cells = client.get_experiment_by_name("qat").experiment_id
     assert len(client.search_runs([cells])) == 6
     assert f"to MLflow run {run.info.run_id}" in capsys.readouterr().out
+
+
+def test_a_float_format_gets_its_own_column_and_int_runs_keep_the_table_they_had():
+    from qat.report import _table
+
+    runs = pd.DataFrame(
+        {
+            "params.model.name": ["nano", "nano", "nano"],
+            "params.bits": ["4", "4", "16"],
+            "params.qat_frac": ["0.5", "0.5", "0.5"],
+            "params.fusion": ["False"] * 3,
+            "params.tokens_total": ["1000"] * 3,
+            "params.seed": ["0"] * 3,
+            "metrics.final/val_loss": [3.2, 3.1, 3.0],
+        }
+    )
+    assert "format" not in _table(runs).columns
+    runs["params.quant.format"] = ["int", "mxfp4", None]
+    table = _table(runs)
+    assert list(table.columns[:2]) == ["model", "format"]
+    assert sorted(zip(table["format"], table["bits"], strict=True)) == [
+        ("int", "4"),
+        ("int", "fp"),
+        ("mxfp4", "4"),
+    ]
