@@ -175,6 +175,23 @@ class RunConfig:
     def is_fp_only(self) -> bool:
         return self.bits == FP_BITS
 
+    @property
+    def quantization_label(self) -> list[str]:
+        """How the cell quantizes, in the words run names and progress bars share: ``fp``, or
+        the format (``b4``; a float format by name, ``mxfp4``), the QAT fraction and any QAT
+        knob off its default: ``["b4", "f0.3", "fused", "qlr0.3", "reset"]``."""
+        if self.is_fp_only:
+            return ["fp"]
+        weights = f"b{self.bits:g}" if self.quant.format == "int" else self.quant.format
+        parts = [weights, f"f{self.qat_frac:g}"]
+        if self.fusion:
+            parts.append("fused")
+        if self.schedule.qat_lr_ratio != 1.0:
+            parts.append(f"qlr{self.schedule.qat_lr_ratio:g}")
+        if self.optim.qat_reset_moments:
+            parts.append("reset")
+        return parts
+
     @classmethod
     def from_dict(cls, tree: dict[str, Any]) -> RunConfig:
         """Build and validate from a resolved config tree (e.g. ``OmegaConf.to_container``)."""

@@ -47,19 +47,7 @@ def cell_label(config: RunConfig, swept: Iterable[str] = ()) -> str:
     """A cell as a person names it: ``nano b4 f0.3 2M s0`` (``fp`` for a full-precision cell,
     ``mxfp4`` for a float format),
     then the value of each other key of ``swept`` (the grid's swept keys): ``optim.lr=0.01``."""
-    parts = [config.model.name]
-    if config.is_fp_only:
-        parts.append("fp")
-    else:
-        # A float format (mxfp4) in place of the integer family's bit width (b4).
-        weights = f"b{config.bits:g}" if config.quant.format == "int" else config.quant.format
-        parts += [weights, f"f{config.qat_frac:g}"]
-        if config.fusion:
-            parts.append("fused")
-        if config.schedule.qat_lr_ratio != 1.0:
-            parts.append(f"qlr{config.schedule.qat_lr_ratio:g}")
-        if config.optim.qat_reset_moments:
-            parts.append("reset")
+    parts = [config.model.name, *config.quantization_label]
     parts += [format_count(config.tokens), f"s{config.seed}"]
     extra = [key for key in swept if key not in LABELLED_KEYS]
     if extra:

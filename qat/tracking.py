@@ -201,17 +201,7 @@ def run_name(config: RunConfig) -> str:
     """``nano-b4-f0.3-t2M-s0-bundled-v2048-a63977``: the swept keys in a readable order (a float
     format's name, e.g. mxfp4, in place of b4), the QAT
     knobs when set, and the run key's first characters, so no two cells share a name."""
-    quantized = not config.is_fp_only
-    weights = f"b{config.bits:g}" if config.quant.format == "int" else config.quant.format
-    parts = [config.model.name, weights if quantized else "fp"]
-    if quantized:
-        parts.append(f"f{config.qat_frac:g}")
-        if config.fusion:
-            parts.append("fused")
-        if config.schedule.qat_lr_ratio != 1.0:
-            parts.append(f"qlr{config.schedule.qat_lr_ratio:g}")
-        if config.optim.qat_reset_moments:
-            parts.append("reset")
+    parts = [config.model.name, *config.quantization_label]
     parts += [f"t{format_count(config.tokens)}", f"s{config.seed}", data_label(config)]
     return "-".join([*parts, config.run_key[:6]])
 

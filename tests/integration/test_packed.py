@@ -199,18 +199,23 @@ def finished_losses(workdir: Path) -> dict[str, float]:
     }
 
 
-def test_a_killed_pack_resumes_every_unfinished_member(tmp_path, data_root, uninterrupted):
-    workdir = tmp_path / "killed"
+def start_training(workdir: Path, data_root: Path, overrides) -> subprocess.Popen:
+    """train.py in the background in ``workdir`` (as conftest's ``train``, without waiting)."""
     workdir.mkdir()
-    flags = [o for o in GRID if o.startswith("-")]
-    rest = [o for o in GRID if not o.startswith("-")]
-    proc = subprocess.Popen(
+    flags = [o for o in overrides if o.startswith("-")]
+    rest = [o for o in overrides if not o.startswith("-")]
+    return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *flags, "trainer.progress=false", *rest],
         cwd=workdir,
         env=train_env(workdir, data_root),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def test_a_killed_pack_resumes_every_unfinished_member(tmp_path, data_root, uninterrupted):
+    workdir = tmp_path / "killed"
+    proc = start_training(workdir, data_root, GRID)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list(
         workdir.glob("runs/packs/*/checkpoints/*/COMPLETE")
@@ -231,17 +236,8 @@ def test_an_interrupted_pack_checkpoints_where_it_stopped(tmp_path, data_root, u
     """SIGINT (Ctrl-C, node_grid's deadline) stops a pack at the next step boundary with a
     checkpoint of that step, though no periodic checkpoint is due; the rerun resumes there."""
     workdir = tmp_path / "interrupted"
-    workdir.mkdir()
     grid = [*GRID, "trainer.ckpt_every_frac=1.0"]  # no periodic checkpoint before the end
-    flags = [o for o in grid if o.startswith("-")]
-    rest = [o for o in grid if not o.startswith("-")]
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *flags, "trainer.progress=false", *rest],
-        cwd=workdir,
-        env=train_env(workdir, data_root),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_training(workdir, data_root, grid)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         # The first logged window: the loop runs, far from its last step.
