@@ -131,19 +131,20 @@ def _anchored_chunk(
     """Worker: both stages refitted per resample (rows repeated by their counts), warm-started
     at the full-data optima; returns the qat law's internal (uncentred) vectors."""
     n_fp = len(fp.y)
-    chin_idx = [QAT.param_names.index(n) for n in CHINCHILLA.param_names]
+    law = qat.law  # the qat law, with the format factors of the runs if they have several
+    chin_idx = [law.param_names.index(n) for n in CHINCHILLA.param_names]
     out = []
     with one_blas_thread():
         for c in counts:
             rows_fp = np.repeat(np.arange(n_fp), c[:n_fp])
             rows_q = np.repeat(np.arange(len(qat.y)), c[n_fp:])
             x_fp = CHINCHILLA.uncenter(fp.minimise(fp_xc, POLISH, rows_fp).x, fp.mu)
-            x0 = QAT.uncenter(qat_xc, qat.mu)
+            x0 = law.uncenter(qat_xc, qat.mu)
             x0[chin_idx] = x_fp
-            xc0 = QAT.center(x0, qat.mu)
+            xc0 = law.center(x0, qat.mu)
             pinned = tuple((i, float(xc0[i])) for i in chin_idx)
             xq = qat.minimise(xc0, POLISH, rows_q, pinned).x
-            out.append(QAT.uncenter(xq, qat.mu))
+            out.append(law.uncenter(xq, qat.mu))
     return np.array(out)
 
 
@@ -201,7 +202,7 @@ def fit_anchored(
         assert fp.problem is not None and qat.problem is not None
         args = (fp.problem, fp.best_centred, qat.problem, qat.best_centred)
         parts = run_chunks(_anchored_chunk, args, counts, workers, "bootstrap", progress)
-        boot = pd.DataFrame([QAT.from_internal(x) for p in parts for x in p])
+        boot = pd.DataFrame([qat.fitted.law.from_internal(x) for p in parts for x in p])
         qat.fitted.ci = percentile_ci(boot)
         qat.fitted.settings["bootstrap"] = bootstrap
         qat.fitted.settings["bootstrap_kind"] = (

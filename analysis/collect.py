@@ -43,7 +43,7 @@ REQUIRED = ("N", "D_fp", "D_qat", "B", "loss")
 # MLflow param → column; all are required of a FINISHED run (qat.tracking_schema).
 _PARAMS = {N_PARAMS: "N", TOKENS_FP: "D_fp", TOKENS_QAT: "D_qat", BITS: "B"}
 # Columns kept as text when a file is read back (a hex run id can look like a number: "1e5...").
-TEXT_COLUMNS = ("run_id", "run_key", "model", "seed", "data", "vocab_size")
+TEXT_COLUMNS = ("run_id", "run_key", "model", "seed", "data", "vocab_size", "format")
 # The weight format param; runs logged before it existed are of the integer family.
 QUANT_FORMAT, INT_FORMAT = "quant.format", "int"
 # Config params that name the data a loss was measured on: a loss is in nats per token of it.
@@ -112,6 +112,8 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         if not ok.all():
             i = (~ok).idxmax()
             raise AnalysisError(f"column {c!r}, row {i}: {_show(out.at[i, c])} must be {rule}")
+    if "format" in out.columns:
+        out["format"] = _formats(out)
     if "fusion" in out.columns:
         out["fusion"] = [_bool(v, f"row {i}") for i, v in out["fusion"].items()]
     else:
@@ -121,6 +123,31 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     out["S_fp"] = out["D_fp"] / param_bytes
     out["S_qat"] = out["D_qat"] / param_bytes
     return out
+
+
+def _formats(runs: pd.DataFrame) -> pd.Series:
+    """The `format` column checked: a blank cell is the integer family; a float format's
+    quantized rows must carry its bits per weight (scale overhead counted) as B."""
+    names = runs["format"].map(lambda v: INT_FORMAT if pd.isna(v) or str(v).strip() == "" else v)
+    names = names.astype(str).str.strip()
+    floats = names[names != INT_FORMAT]
+    if floats.empty:
+        return names
+    from qat.quant.formats import FLOAT_FORMATS  # torch: only for a table with float formats
+
+    for i, name in floats.items():
+        if name not in FLOAT_FORMATS:
+            allowed = ", ".join([INT_FORMAT, *FLOAT_FORMATS])
+            raise AnalysisError(
+                f"column 'format', row {i}: {name!r} is unknown; allowed: {allowed}"
+            )
+        bits, b = FLOAT_FORMATS[name].bits, runs.at[i, "B"]
+        if b < 16.0 and not math.isclose(b, bits):
+            raise AnalysisError(
+                f"column 'B', row {i}: {b:g} for format {name}; B is its bits per weight, "
+                f"{bits:g} (scale overhead counted)"
+            )
+    return names
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.law import FP_BITS, bits_key
+from analysis.law import FP_BITS, INT_FORMAT, bits_key, format_order
 
 # The ranges a law records (columns of an `analysis.collect` table plus the QAT fraction).
 RANGES = ("N", "D_total", "D_fp", "D_qat", "S_total", "qat_frac", "loss")
@@ -46,6 +46,13 @@ def domain_of(used: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {c: [float(cols[c].min()), float(cols[c].max())] for c in RANGES}
     out["bits"] = sorted(float(b) for b in used.B.unique())
     out["vocabulary"] = vocabulary_of(used)
+    if "format" in used:
+        # Each number format the law was fitted on, with its bits per weight (scale overhead
+        # counted); a table without a format column is of the integer family alone.
+        out["formats"] = {
+            f: sorted(float(b) for b in used.B[used["format"] == f].unique())
+            for f in format_order(used["format"])
+        }
     return out
 
 
@@ -125,9 +132,22 @@ def describe_bits(bits: Sequence[float]) -> str:
     return ", ".join(bits_key(b) for b in bits) if bits else "none"
 
 
-def bits_problem(domain: Mapping[str, Any], bits: float) -> str | None:
-    """Why the law cannot speak for bit width `bits`, or None if it was fitted on it."""
-    fitted = [float(b) for b in domain["bits"]]
+def format_bits(domain: Mapping[str, Any], fmt: str = INT_FORMAT) -> list[float]:
+    """The bits per weight the law was fitted on for format `fmt` (a domain without formats is
+    of the integer family alone)."""
+    if "formats" not in domain:
+        return [float(b) for b in domain["bits"]] if fmt == INT_FORMAT else []
+    return [float(b) for b in domain["formats"].get(fmt, [])]
+
+
+def bits_problem(domain: Mapping[str, Any], bits: float, fmt: str = INT_FORMAT) -> str | None:
+    """Why the law cannot speak for `bits` bits per weight of format `fmt`, or None if it was
+    fitted on it."""
+    fitted = format_bits(domain, fmt)
+    if fmt != INT_FORMAT:
+        if any(math.isclose(bits, b) for b in fitted):
+            return None
+        return f"format {fmt} at {bits_key(bits)} bits per weight: the law has no runs of it"
     if any(math.isclose(bits, b) for b in fitted):
         return None
     fp_fitted = any(b >= FP_BITS for b in fitted)

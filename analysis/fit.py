@@ -22,7 +22,15 @@ from tqdm.auto import tqdm
 from analysis.collect import prepare
 from analysis.domain import domain_of
 from analysis.errors import AnalysisError
-from analysis.law import FP_BITS, FittedLaw, Law, bits_key, get_law
+from analysis.law import (
+    FP_BITS,
+    PLAIN_FORMATS,
+    FittedLaw,
+    Law,
+    bits_key,
+    format_order,
+    get_law,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +147,7 @@ class Problem:
     the value, which L-BFGS-B treats as a constant.
     """
 
-    law_name: str
+    law: Law
     Zc: np.ndarray  # features minus their mean over the fitted rows
     y: np.ndarray  # observed log-loss
     delta: float
@@ -150,7 +158,7 @@ class Problem:
         self, pinned: tuple[tuple[int, float], ...] | None = None
     ) -> list[tuple[float, float]]:
         """The centred bounds, with the pinned parameters (default: this problem's) collapsed."""
-        bounds = get_law(self.law_name).centred_bounds()
+        bounds = self.law.centred_bounds()
         for i, v in self.pinned if pinned is None else pinned:
             bounds[i] = (v, v)
         return bounds
@@ -162,7 +170,7 @@ class Problem:
         rows: np.ndarray | None = None,
         pinned: tuple[tuple[int, float], ...] | None = None,
     ):
-        law = get_law(self.law_name)
+        law = self.law
         bounds = self.bounds(pinned)
         lo, hi = np.array(bounds).T
         Zc, y = (self.Zc, self.y) if rows is None else (self.Zc[rows], self.y[rows])
@@ -216,7 +224,7 @@ def run_chunks(
 def at_bounds(problem: Problem, xc: np.ndarray, tol: float = 1e-6) -> list[str]:
     """Free parameters whose centred value sits on a bound of the fit: the data did not decide
     them, the bound did. For a coefficient the bound is its term's value at the data's centre."""
-    law = get_law(problem.law_name)
+    law = problem.law
     pinned = {i for i, _ in problem.pinned}
     out = []
     for i, (name, (lo, hi)) in enumerate(zip(law.param_names, law.centred_bounds(), strict=True)):
@@ -272,6 +280,10 @@ def fit(
     if workers < 1:
         raise AnalysisError(f"workers={workers}; must be >= 1")
     used, dropped = select_rows(law, prepare(runs))
+    # The format is a factor of the qat law (Law.with_formats); the chinchilla law has none.
+    fmt = used["format"] if "format" in used and not law.fp_only else None
+    if fmt is not None and law.formats == PLAIN_FORMATS:
+        law = law.with_formats(format_order(fmt))
     if len(used) <= len(law.param_names):
         log.warning(
             "%s law: %d points for %d parameters; the fit is underdetermined",
@@ -279,7 +291,7 @@ def fit(
             len(used),
             len(law.param_names),
         )
-    Z = law.features(used.N, used.D_fp, used.D_qat, used.B)
+    Z = law.features(used.N, used.D_fp, used.D_qat, used.B, fmt)
     y = np.log(used.loss.to_numpy())
     mu = Z.mean(axis=0)
     fixed = dict(fixed or {})
@@ -300,7 +312,7 @@ def fit(
     pinned = tuple(
         (law.param_names.index(n), float(xc_fixed[law.param_names.index(n)])) for n in fixed
     )
-    problem = Problem(law.name, Z - mu, y, delta, mu, pinned)
+    problem = Problem(law, Z - mu, y, delta, mu, pinned)
 
     xc0s = np.array([law.center(x0, mu) for x0 in x0s])
     parts = run_chunks(_starts_chunk, (problem, _SCREEN), xc0s, workers, "starts", progress)
@@ -315,13 +327,22 @@ def fit(
     params = law.from_internal(x_best)
 
     pred = np.exp(law.log_loss(x_best, Z))
-    residuals = used[["N", "D_fp", "D_qat", "D_total", "B", "fusion", "loss"]].copy()
+    columns = ["N", "D_fp", "D_qat", "D_total", "B", *(["format"] if fmt is not None else [])]
+    residuals = used[[*columns, "fusion", "loss"]].copy()
     residuals["predicted"] = pred
     residuals["rel_error"] = pred / residuals["loss"] - 1.0
     residuals["log_residual"] = np.log(pred) - y
     r2_by_bits = {
         bits_key(b): r2_score(g["loss"], g["predicted"]) for b, g in residuals.groupby("B")
     }
+
+    by_format = {}
+    if law.formats != PLAIN_FORMATS and fmt is not None:
+        by_format = {
+            "r2_by_format": {
+                f: r2_score(g["loss"], g["predicted"]) for f, g in residuals.groupby("format")
+            }
+        }
 
     ci, boot = None, None
     if bootstrap:
@@ -344,6 +365,7 @@ def fit(
         "dropped_rows": dropped,
         "fixed": sorted(fixed),
         "at_bounds": at_bounds(problem, best_xc),
+        **by_format,
     }
     fitted = FittedLaw(
         law=law,

@@ -7,9 +7,10 @@ its in-grid predictions may then be fine while every extrapolation is arbitrary.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
-from analysis.law import FittedLaw
+from analysis.law import FACTOR_RANGE, FittedLaw
 
 # An irreducible loss below this share of the smallest fitted loss is no irreducible loss at all;
 # for a law that does not record its losses, below this many nats.
@@ -45,8 +46,13 @@ def fit_health(fitted: FittedLaw) -> list[HealthProblem]:
     """
     law, p = fitted.law, fitted.params
     out = []
+    factors = set(law.factor_names)
     for name in fitted.settings.get("at_bounds", []):
-        if name in law.exponent_bounds:
+        if name in factors:
+            lo, hi = FACTOR_RANGE
+            edge = lo if abs(math.log(p[name] / lo)) <= abs(math.log(p[name] / hi)) else hi
+            what = f"sits at its bound {edge:g} (allowed {lo:g} to {hi:g})"
+        elif name in law.exponent_bounds:
             lo, hi = law.exponent_bounds[name]
             edge = lo if abs(p[name] - lo) <= abs(p[name] - hi) else hi
             what = f"sits at its bound {edge:g} (allowed {lo:g} to {hi:g})"
@@ -77,6 +83,8 @@ def fit_health(fitted: FittedLaw) -> list[HealthProblem]:
     for term in law.terms:
         features = {f for _, f in term.powers}
         for exponent, feature in term.powers:
+            if exponent in factors:
+                continue  # a format's factor may go either way: its term is larger or smaller
             if _expects_positive(feature, features) and p[exponent] < 0:
                 out.append(
                     HealthProblem(

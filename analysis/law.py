@@ -5,7 +5,8 @@ Every law here is a sum of positive power-law terms,
     L = Σ_k c_k · exp(−Σ_j e_kj · z_kj),
 
 where c_k is a coefficient, e_kj an exponent and z_kj a log-feature of the run (log D_total,
-log N, B·ln 2, log S_fp, log S_qat). We predict log L as a log-sum-exp over the terms with the
+log N, B·ln 2, log S_fp, log S_qat, and for a law with several number formats one indicator per
+format, see `Law.with_formats`). We predict log L as a log-sum-exp over the terms with the
 coefficients on a log scale, which keeps every term positive and the fit well conditioned even
 when a coefficient spans many orders of magnitude (β ≈ 1e3 next to θ ≈ 1e-1).
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +29,40 @@ FP_BITS = 16.0  # runs at this bit width (or above) are full precision: no QAT p
 # What a law's recorded domain must hold (see analysis.domain).
 DOMAIN_KEYS = ("N", "D_total", "D_fp", "D_qat", "S_total", "qat_frac", "loss", "bits")
 FEATURES = ("log_D", "log_N", "B_ln2", "log_S_fp", "log_S_qat")
+# The integer (ParetoQ) family, `quant.format=int`: the base format of a law fitted on it.
+INT_FORMAT = "int"
+PLAIN_FORMATS = (INT_FORMAT,)  # the formats of a law without format factors
+# A format factor's feature is "fmt.<format>" and its parameter "<term coefficient>.<format>".
+FORMAT_FEATURE = "fmt."
+# A format factor's allowed range: from 100x smaller to 100x larger than the base format's term.
+FACTOR_RANGE = (1e-2, 1e2)
 
 
 def features(
-    N: ArrayLike, D_fp: ArrayLike, D_qat: ArrayLike, B: ArrayLike, names: tuple[str, ...] = FEATURES
+    N: ArrayLike,
+    D_fp: ArrayLike,
+    D_qat: ArrayLike,
+    B: ArrayLike,
+    names: tuple[str, ...] = FEATURES,
+    fmt: ArrayLike = INT_FORMAT,
 ) -> np.ndarray:
     """Log-features of runs, shape (..., len(names)), from broadcastable arrays.
 
     S_x = D_x / (N·B/8) is tokens per parameter byte. A zero D_x gives log S_x = −inf, which makes
     any law term that divides by S_x infinite: the law's own statement that it does not apply.
+    A feature "fmt.<name>" is −1 for runs of format <name> (`fmt`, names per run), else 0: its
+    "exponent" e then multiplies the term by exp(e) for those runs only (see `Law.with_formats`).
     """
-    N, D_fp, D_qat, B = np.broadcast_arrays(
-        *(np.asarray(v, dtype=float) for v in (N, D_fp, D_qat, B))
+    fmt = np.asarray(fmt, dtype=object)
+    indicators = {
+        n: -(fmt == n.removeprefix(FORMAT_FEATURE)).astype(float)
+        for n in names
+        if n.startswith(FORMAT_FEATURE)
+    }
+    N, D_fp, D_qat, B, *ind = np.broadcast_arrays(
+        *(np.asarray(v, dtype=float) for v in (N, D_fp, D_qat, B)), *indicators.values()
     )
+    by_name = dict(zip(indicators, ind, strict=True))
     param_bytes = N * B / 8.0
     make = {
         "log_D": lambda: np.log(D_fp + D_qat),
@@ -50,7 +72,7 @@ def features(
         "log_S_qat": lambda: np.log(D_qat / param_bytes),
     }
     with np.errstate(divide="ignore"):
-        return np.stack([make[n]() for n in names], axis=-1)
+        return np.stack([by_name[n] if n in by_name else make[n]() for n in names], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,9 @@ class Law:
     grid_starts: bool
     default_starts: int
     fp_only: bool  # True: fits full-precision rows only; False: fits QAT rows only
+    # The number formats the law speaks for; the first is the base, every other one has a factor
+    # on each quantization term (`with_formats`).
+    formats: tuple[str, ...] = PLAIN_FORMATS
     _index: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -92,7 +117,12 @@ class Law:
             raise AnalysisError(
                 f"law {self.name!r}: each parameter, and each feature in a term, must appear once"
             )
-        used = tuple(f for f in FEATURES if any(f == g for t in self.terms for _, g in t.powers))
+        format_features = tuple(FORMAT_FEATURE + f for f in self.formats[1:])
+        used = tuple(
+            f
+            for f in (*FEATURES, *format_features)
+            if any(f == g for t in self.terms for _, g in t.powers)
+        )
         feat = {f: i for i, f in enumerate(used)}
         pos = {n: i for i, n in enumerate(names)}
         occ = [(pos[e], k, feat[f]) for k, t in enumerate(self.terms) for e, f in t.powers]
@@ -115,6 +145,65 @@ class Law:
         return tuple(t.coef for t in self.terms)
 
     @property
+    def factor_names(self) -> tuple[str, ...]:
+        """The format factors: parameters on a "fmt.<format>" feature (none for the base)."""
+        return tuple(e for t in self.terms for e, f in t.powers if f.startswith(FORMAT_FEATURE))
+
+    @property
+    def quantization_terms(self) -> tuple[str, ...]:
+        """The coefficients of the terms with a bit width: those a format factor scales."""
+        return tuple(t.coef for t in self.terms if any(f == "B_ln2" for _, f in t.powers))
+
+    @property
+    def _log_scaled(self) -> set[str]:
+        """Parameters held as logs internally: coefficients and format factors (both > 0)."""
+        return {*self.coef_names, *self.factor_names}
+
+    def with_formats(self, formats: Sequence[str]) -> Law:
+        """This law for runs of several number formats, `formats[0]` the base.
+
+        Each other format f gets one factor per quantization term (a term with a bit width:
+        θ, φ and λ), `theta.f`, `phi.f`, `lambda.f`: format f's term is the base format's at the
+        same bits per weight B (scale overhead counted), tokens and size, times that factor. The
+        exponents are shared: a format changes how large each penalty is, not how it scales.
+        One factor per term, not one for all three, because a common factor on every QAT term
+        leaves the loss-optimal QAT fraction where it was (the Chinchilla part does not depend on
+        the fraction), which would decide by construction whether f* differs between formats.
+        """
+        formats = tuple(formats)
+        if not formats or len(set(formats)) != len(formats):
+            raise AnalysisError(f"formats {list(formats)}: need one or more distinct names")
+        if self.formats != PLAIN_FORMATS:
+            raise AnalysisError(f"law {self.name!r} already has formats {list(self.formats)}")
+        if formats == PLAIN_FORMATS:
+            return self
+        if self.fp_only:
+            raise AnalysisError(f"law {self.name!r} has no bit width, so no number format")
+        others = formats[1:]
+        scaled = self.quantization_terms
+        terms = tuple(
+            Term(t.coef, (*t.powers, *((f"{t.coef}.{f}", FORMAT_FEATURE + f) for f in others)))
+            if t.coef in scaled
+            else t
+            for t in self.terms
+        )
+        factors = [f"{c}.{f}" for c in scaled for f in others]
+        formula = (
+            f"{self.formula}; for a run of format f ≠ {formats[0]}, the "
+            f"{', '.join(scaled)} terms times {', '.join(c + '.f' for c in scaled)}"
+        )
+        log_range = (math.log(FACTOR_RANGE[0]), math.log(FACTOR_RANGE[1]))
+        return replace(
+            self,
+            terms=terms,
+            exponent_bounds={**self.exponent_bounds, **dict.fromkeys(factors, log_range)},
+            # Starts: factors between 1/e and e (internal units are logs).
+            start_grid={**self.start_grid, **dict.fromkeys(factors, (-1.0, 1.0))},
+            formula=formula,
+            formats=formats,
+        )
+
+    @property
     def n_features(self) -> int:
         return len(self._index["features"])
 
@@ -125,7 +214,7 @@ class Law:
             raise AnalysisError(
                 f"law {self.name!r} needs parameters {missing}; got {sorted(params)}"
             )
-        coefs = set(self.coef_names)
+        coefs = self._log_scaled
         x = []
         for n in self.param_names:
             v = float(params[n])
@@ -137,15 +226,30 @@ class Law:
 
     def from_internal(self, x: np.ndarray) -> dict[str, float]:
         """Internal vector → natural-unit parameters keyed by name."""
-        coefs = set(self.coef_names)
+        coefs = self._log_scaled
         return {
             n: float(math.exp(v) if n in coefs else v)
             for n, v in zip(self.param_names, x, strict=True)
         }
 
-    def features(self, N: ArrayLike, D_fp: ArrayLike, D_qat: ArrayLike, B: ArrayLike) -> np.ndarray:
-        """The log-features this law uses (`Z` below), shape (..., F), from broadcastable arrays."""
-        return features(N, D_fp, D_qat, B, self._index["features"])
+    def features(
+        self,
+        N: ArrayLike,
+        D_fp: ArrayLike,
+        D_qat: ArrayLike,
+        B: ArrayLike,
+        fmt: ArrayLike | None = None,
+    ) -> np.ndarray:
+        """The log-features this law uses (`Z` below), shape (..., F), from broadcastable arrays;
+        `fmt` names each run's format (default: the base format)."""
+        fmt = self.formats[0] if fmt is None else fmt
+        unknown = sorted(set(np.asarray(fmt, dtype=object).ravel()) - set(self.formats))
+        if unknown:
+            raise AnalysisError(
+                f"format {', '.join(map(str, unknown))}: the {self.name} law speaks for formats "
+                f"{', '.join(self.formats)} only"
+            )
+        return features(N, D_fp, D_qat, B, self._index["features"], fmt)
 
     def _shift(self, x: np.ndarray, mu: np.ndarray) -> np.ndarray:
         ix = self._index
@@ -169,7 +273,7 @@ class Law:
         return x
 
     def centred_bounds(self) -> list[tuple[float, float]]:
-        """L-BFGS-B bounds for the centred vector."""
+        """L-BFGS-B bounds for the centred vector (a format factor's are on its log)."""
         log_range = (math.log(self.term_range[0]), math.log(self.term_range[1]))
         coefs = set(self.coef_names)
         return [log_range if n in coefs else self.exponent_bounds[n] for n in self.param_names]
@@ -226,9 +330,12 @@ class Law:
         D_fp: ArrayLike,
         D_qat: ArrayLike,
         B: ArrayLike,
+        fmt: ArrayLike | None = None,
     ) -> np.ndarray:
-        """Predicted loss (natural units) at runs given by broadcastable arrays."""
-        return np.exp(self.log_loss(self.to_internal(params), self.features(N, D_fp, D_qat, B)))
+        """Predicted loss (natural units) at runs given by broadcastable arrays (`fmt`: each
+        run's number format, default the base format)."""
+        Z = self.features(N, D_fp, D_qat, B, fmt)
+        return np.exp(self.log_loss(self.to_internal(params), Z))
 
     def fp_part(self, params: Mapping[str, float]) -> dict[str, float]:
         """Parameters of the Chinchilla part α + β/D^γ + ζ/N^η (the B → ∞ limit of the law)."""
@@ -322,6 +429,13 @@ def get_law(name: str) -> Law:
         raise AnalysisError(f"unknown law {name!r}; allowed: {', '.join(LAWS)}") from None
 
 
+def format_order(names: Iterable[str]) -> tuple[str, ...]:
+    """The distinct formats of `names` in a law's order: the integer family first (the base
+    when present), then the others sorted by name."""
+    present = set(names)
+    return tuple(sorted(present, key=lambda f: (f != INT_FORMAT, f)))
+
+
 def bits_key(b: float) -> str:
     """How a bit width is written as a JSON key: 4 → "4", 1.58 → "1.58"."""
     return f"{float(b):g}"
@@ -342,17 +456,28 @@ class FittedLaw:
     # domains were recorded, whose predictions then cannot say when they extrapolate.
     domain: dict | None = None
 
-    def loss(self, N: ArrayLike, D_fp: ArrayLike, D_qat: ArrayLike, B: ArrayLike) -> np.ndarray:
-        """Predicted loss at runs given by broadcastable arrays (tokens, parameters, bits)."""
-        return self.law.loss(self.params, N, D_fp, D_qat, B)
+    def loss(
+        self,
+        N: ArrayLike,
+        D_fp: ArrayLike,
+        D_qat: ArrayLike,
+        B: ArrayLike,
+        fmt: ArrayLike | None = None,
+    ) -> np.ndarray:
+        """Predicted loss at runs given by broadcastable arrays (tokens, parameters, bits per
+        weight; `fmt`: each run's number format, default the law's base format)."""
+        return self.law.loss(self.params, N, D_fp, D_qat, B, fmt)
 
     def predict_frame(self, runs: Mapping) -> np.ndarray:
-        """Predicted loss for each row of a table with columns N, D_fp, D_qat, B."""
-        return self.loss(runs["N"], runs["D_fp"], runs["D_qat"], runs["B"])
+        """Predicted loss for each row of a table with columns N, D_fp, D_qat, B (and format)."""
+        return self.loss(runs["N"], runs["D_fp"], runs["D_qat"], runs["B"], runs.get("format"))
 
     def to_dict(self) -> dict:
+        # A law of the integer family alone writes no "formats": its files stay as they were.
+        formats = {} if self.law.formats == PLAIN_FORMATS else {"formats": list(self.law.formats)}
         return {
             "law": self.law.name,
+            **formats,
             "formula": self.law.formula,
             "params": self.params,
             "r2": self.r2,
@@ -374,7 +499,10 @@ class FittedLaw:
         for key in ("law", "params"):
             if key not in d:
                 raise AnalysisError(f"law JSON lacks key {key!r}; needs 'law' and 'params'")
-        law = get_law(d["law"])
+        formats = d.get("formats", PLAIN_FORMATS)
+        if not (isinstance(formats, list | tuple) and all(isinstance(f, str) for f in formats)):
+            raise AnalysisError(f"law JSON's formats={formats!r}; must be a list of format names")
+        law = get_law(d["law"]).with_formats(formats)
         law.to_internal(d["params"])  # validates names and positivity
         ci = d.get("ci")
         domain = d.get("domain")

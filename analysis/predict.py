@@ -1,6 +1,8 @@
 """What a fitted law predicts: optimal QAT fraction, wasted tokens, best bit width, FP crossover.
 
-Conventions: N is non-embedding parameters, D_total tokens, B bits (B >= 16 means full precision,
+Conventions: N is non-embedding parameters, D_total tokens, B bits per weight (block scales
+counted: 4.25 for MXFP4) of the number format `fmt` (default: the law's base format, the integer
+family for a law fitted on it; B >= 16 means full precision,
 whose loss is the law's Chinchilla part α + β/D^γ + ζ/N^η, i.e. the qat law's B → ∞ limit; we use
 that rather than a separately fitted chinchilla law so that FP and QAT predictions share one fit),
 compute = 6·N·D_total FLOPs, memory M = N·B/8 bytes.
@@ -46,10 +48,16 @@ def require_positive(**values: float) -> None:
 
 
 def loss_at(
-    fitted: FittedLaw, n: ArrayLike, d_total: ArrayLike, bits: ArrayLike, frac: ArrayLike
+    fitted: FittedLaw,
+    n: ArrayLike,
+    d_total: ArrayLike,
+    bits: ArrayLike,
+    frac: ArrayLike,
+    fmt: str | None = None,
 ) -> np.ndarray:
-    """Predicted loss of an N-parameter, B-bit model trained on D_total tokens, a fraction of them
-    QAT; B >= 16 is full precision (the Chinchilla part; `frac` is ignored). Arrays broadcast."""
+    """Predicted loss of an N-parameter, B-bit model (format `fmt`) trained on D_total tokens, a
+    fraction of them QAT; B >= 16 is full precision (the Chinchilla part; `frac` and `fmt` are
+    ignored). Arrays broadcast."""
     n, d_total, bits, frac = np.broadcast_arrays(
         *(np.asarray(v, float) for v in (n, d_total, bits, frac))
     )
@@ -59,12 +67,12 @@ def loss_at(
         _require_qat(fitted)
         q = ~fp
         out = np.array(out, dtype=float)
-        out[q] = fitted.loss(n[q], (1 - frac[q]) * d_total[q], frac[q] * d_total[q], bits[q])
+        out[q] = fitted.loss(n[q], (1 - frac[q]) * d_total[q], frac[q] * d_total[q], bits[q], fmt)
     return out
 
 
 def optimal_fraction(
-    fitted: FittedLaw, n: float, d_total: float, bits: float
+    fitted: FittedLaw, n: float, d_total: float, bits: float, fmt: str | None = None
 ) -> tuple[float, float]:
     """(f*, L*): the QAT fraction in (0, 1) that minimises the predicted loss, and that loss.
 
@@ -74,11 +82,11 @@ def optimal_fraction(
     require_positive(n=n, d_total=d_total, bits=bits)
     if bits >= FP_BITS:
         raise AnalysisError(f"bits={bits}; the QAT fraction needs bits < {FP_BITS:g}")
-    losses = loss_at(fitted, n, d_total, bits, _F_GRID)
+    losses = loss_at(fitted, n, d_total, bits, _F_GRID, fmt)
     i = int(np.argmin(losses))
     lo, hi = _F_GRID[max(i - 1, 0)], _F_GRID[min(i + 1, len(_F_GRID) - 1)]
     res = minimize_scalar(
-        lambda f: float(loss_at(fitted, n, d_total, bits, f)),
+        lambda f: float(loss_at(fitted, n, d_total, bits, f, fmt)),
         bounds=(lo, hi),
         method="bounded",
         options={"xatol": 1e-6},
@@ -138,7 +146,8 @@ def empirical_optima(
 ) -> pd.DataFrame:
     """Per (N, D_total, B) cell with >= `min_fractions` QAT fractions: the fraction of lowest loss.
 
-    Takes a table from `analysis.collect`; returns N, D_total, B, S_total, qat_frac, loss, n_fracs.
+    Takes a table from `analysis.collect`; returns N, D_total, B, S_total, qat_frac, loss, n_fracs
+    (and format, per format, when the table has that column).
     `fusion`: the pipeline whose runs count (False: classic, True: fused, None: both mixed).
     """
     q = runs[(runs.B < FP_BITS) & (runs.D_qat > 0)]
@@ -146,32 +155,35 @@ def empirical_optima(
         q = q[q.fusion.astype(bool) == fusion]
     # D_total to 9 digits: D_fp + D_qat of one budget can differ in the last bits across fractions.
     q = q.assign(qat_frac=q.D_qat / q.D_total, D_total=same_budget(q.D_total))
+    keys = ["N", "D_total", "B", *(["format"] if "format" in q else [])]
     rows = []
-    for (n, d, b), g in q.groupby(["N", "D_total", "B"]):
+    for key, g in q.groupby(keys):
+        n, d, b = key[:3]
         fracs = g.qat_frac.round(6).nunique()
         if fracs >= min_fractions:
             best = g.loc[g.loss.idxmin()]
             s = d / (n * b / 8)
             rows.append(
                 {
-                    "N": n,
-                    "D_total": d,
-                    "B": b,
+                    **dict(zip(keys, key, strict=True)),
                     "S_total": s,
                     "qat_frac": best.qat_frac,
                     "loss": best.loss,
                     "n_fracs": fracs,
                 }
             )
-    return pd.DataFrame(
-        rows, columns=["N", "D_total", "B", "S_total", "qat_frac", "loss", "n_fracs"]
-    )
+    return pd.DataFrame(rows, columns=[*keys, "S_total", "qat_frac", "loss", "n_fracs"])
 
 
 def law_optima(fitted: FittedLaw, cells: pd.DataFrame) -> pd.DataFrame:
-    """The law's optimal fraction and loss for each row (N, D_total, B) of `cells`."""
-    out = cells[["N", "D_total", "B"]].copy()
-    opt = [optimal_fraction(fitted, r.N, r.D_total, r.B) for r in out.itertuples()]
+    """The law's optimal fraction and loss for each row (N, D_total, B, and format if given) of
+    `cells`."""
+    out = cells[["N", "D_total", "B", *(["format"] if "format" in cells else [])]].copy()
+    fmts = out["format"] if "format" in out else [None] * len(out)
+    opt = [
+        optimal_fraction(fitted, r.N, r.D_total, r.B, f)
+        for r, f in zip(out.itertuples(), fmts, strict=True)
+    ]
     out["S_total"] = out.D_total / (out.N * out.B / 8)
     out["qat_frac"] = [f for f, _ in opt]
     out["loss"] = [v for _, v in opt]
@@ -179,7 +191,12 @@ def law_optima(fitted: FittedLaw, cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def wasted_tokens(
-    fitted: FittedLaw, n: float, d_total: float, bits: float, frac: float = 0.1
+    fitted: FittedLaw,
+    n: float,
+    d_total: float,
+    bits: float,
+    frac: float = 0.1,
+    fmt: str | None = None,
 ) -> float:
     """Extra tokens a fixed QAT fraction needs to reach the optimal fraction's loss, / D_total.
 
@@ -188,10 +205,10 @@ def wasted_tokens(
     """
     if not 0 < frac < 1:
         raise AnalysisError(f"frac={frac}; must be in (0, 1)")
-    _, target = optimal_fraction(fitted, n, d_total, bits)
+    _, target = optimal_fraction(fitted, n, d_total, bits, fmt)
 
     def gap(log_d: float) -> float:
-        return float(loss_at(fitted, n, math.exp(log_d), bits, frac)) - target
+        return float(loss_at(fitted, n, math.exp(log_d), bits, frac, fmt)) - target
 
     lo, hi = math.log(d_total), math.log(d_total * MAX_WASTE)
     if gap(lo) <= 0:
@@ -231,13 +248,15 @@ def wasted_tokens_table(
     return pd.DataFrame(rows)
 
 
-def _loss_under_memory(fitted: FittedLaw, memory: float, compute: float, bits: float) -> dict:
+def _loss_under_memory(
+    fitted: FittedLaw, memory: float, compute: float, bits: float, fmt: str | None = None
+) -> dict:
     n = 8.0 * memory / bits
     d = compute / (6.0 * n)
     if bits >= FP_BITS:
         f, loss = 0.0, float(loss_at(fitted, n, d, bits, 0.0))
     else:
-        f, loss = optimal_fraction(fitted, n, d, bits)
+        f, loss = optimal_fraction(fitted, n, d, bits, fmt)
     return {
         "memory": memory,
         "compute": compute,
@@ -254,9 +273,12 @@ def optimal_bits(
     memory: ArrayLike,
     compute: ArrayLike,
     bits: Sequence[float] = (1, 2, 4, 6, 8, 16),
+    fmt: str | None = None,
 ) -> pd.DataFrame:
     """For each memory budget M (bytes) and training compute C (FLOPs), every bit width's model
     (N = 8M/B, D_total = C/(6N), optimal QAT fraction) and whether it is the `best` (lowest loss).
+    `bits` are bits per weight of format `fmt` (block scales counted), so N = 8M/B is the model
+    that fills M with its scales.
     """
     memories = np.atleast_1d(np.asarray(memory, dtype=float))
     computes = np.atleast_1d(np.asarray(compute, dtype=float))
@@ -264,7 +286,9 @@ def optimal_bits(
         require_positive(memory=m)
     for c in computes:
         require_positive(compute=c)
-    rows = [_loss_under_memory(fitted, m, c, b) for m in memories for c in computes for b in bits]
+    rows = [
+        _loss_under_memory(fitted, m, c, b, fmt) for m in memories for c in computes for b in bits
+    ]
     df = pd.DataFrame(rows)
     df["best"] = df.loss == df.groupby(["memory", "compute"]).loss.transform("min")
     return df

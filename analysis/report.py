@@ -15,7 +15,7 @@ from analysis import plots
 from analysis.domain import loss_unit
 from analysis.fit import FitResult
 from analysis.health import health_lines
-from analysis.law import FP_BITS, bits_key
+from analysis.law import FP_BITS, PLAIN_FORMATS, FittedLaw, bits_key
 from analysis.predict import (
     PAPER_A,
     WASTE_FRAC,
@@ -59,12 +59,15 @@ def _qat_figures(result: FitResult, runs: pd.DataFrame) -> tuple[dict, list[str]
     if "fusion" in runs:
         runs = runs[~runs.fusion.astype(bool)]
     n_ref = float(used.N.max())
-    bits = sorted(used.B.unique())
+    base = used
+    if "format" in used:  # the tables and figures below are of the base format
+        base = used[used["format"] == fitted.law.formats[0]]
+    bits = sorted(base.B.unique())
     tpp = used.D_total / used.N
     r_lo, r_hi = float(tpp.min()), float(tpp.max())
     figs, lines = {}, []
 
-    cells = used[["N", "D_total", "B"]].drop_duplicates()
+    cells = used[["N", "D_total", "B", *(["format"] if "format" in used else [])]].drop_duplicates()
     at_law = law_optima(fitted, cells)
     emp = empirical_optima(runs)
     lines += ["## Optimal QAT fraction", ""]
@@ -109,6 +112,36 @@ def _qat_figures(result: FitResult, runs: pd.DataFrame) -> tuple[dict, list[str]
     )
     figs["best_bits"] = plots.best_bits(table)
     return figs, lines
+
+
+def _format_lines(fitted: FittedLaw) -> list[str]:
+    """The number formats of a law fitted on several: each one's bits per weight, R² and factors
+    on the quantization terms (1 = the same term as the base format's)."""
+    law = fitted.law
+    if law.formats == PLAIN_FORMATS:
+        return []
+    bits = (fitted.domain or {}).get("formats", {})
+    r2 = fitted.settings.get("r2_by_format", {})
+    terms = law.quantization_terms
+    rows = [
+        f"| {f} | {', '.join(bits_key(b) for b in bits.get(f, [])) or '–'} "
+        f"| {r2.get(f, float('nan')):.4f} | "
+        + " | ".join("1 (base)" if i == 0 else f"{fitted.params[f'{t}.{f}']:.4g}" for t in terms)
+        + " |"
+        for i, f in enumerate(law.formats)
+    ]
+    return [
+        "## Number formats",
+        "",
+        f"Base format: {law.formats[0]}. Each other format's {', '.join(terms)} terms are the "
+        "base format's at the same bits per weight (block scales counted), times its factor "
+        "below (< 1: a smaller penalty). Tables and figures below are of the base format.",
+        "",
+        "| format | bits per weight | R² | " + " | ".join(f"{t} factor" for t in terms) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in terms) + " |",
+        *rows,
+        "",
+    ]
 
 
 def _domain_lines(domain: dict | None) -> list[str]:
@@ -173,6 +206,7 @@ def write_report(
         f"Huber δ = {fitted.settings['delta']}, bootstrap: {fitted.settings['bootstrap']}",
         "",
         *_domain_lines(fitted.domain),
+        *_format_lines(fitted),
         "## Fit health",
         "",
         *health_lines(fitted),

@@ -39,6 +39,11 @@ TRUE_QAT_PARAMS = {
     "rho": 0.1,
 }
 
+# Format effects, as factors on the quantization terms of the integer family at the same bits per
+# weight (`Law.with_formats`); ours, illustrative: MXFP4 with a smaller irreducible error and pure
+# QAT penalty but a larger FP/QAT interaction, so its optimal QAT fraction is smaller than INT4's.
+TRUE_FORMAT_FACTORS = {"mxfp4": {"theta": 0.5, "phi": 0.7, "lambda": 1.6}}
+
 SIZES = (5e7, 1e8, 2e8, 4e8)  # non-embedding parameters
 BITS = (1.0, 2.0, 4.0, 6.0)
 TOKENS_PER_PARAM = (10.0, 25.0, 60.0, 150.0, 400.0)  # D_total / N
@@ -83,6 +88,43 @@ def qat_grid(
     df["D_total"] = df.D_fp + df.D_qat
     df["fusion"] = False
     df["loss"] = _noisy(df["loss"].to_numpy(), noise, np.random.default_rng(seed))
+    return df
+
+
+def format_params(
+    factors: Mapping[str, Mapping[str, float]], params: Mapping[str, float] = TRUE_QAT_PARAMS
+) -> dict[str, float]:
+    """The parameters of the qat law with format factors: `params` plus "<term>.<format>" for
+    each format's factor on each quantization term (`factors[format][term]`)."""
+    return {**params, **{f"{t}.{f}": v for f, by in factors.items() for t, v in by.items()}}
+
+
+def format_grid(
+    factors: Mapping[str, Mapping[str, float]] = TRUE_FORMAT_FACTORS,
+    params: Mapping[str, float] = TRUE_QAT_PARAMS,
+    sizes: Sequence[float] = SIZES,
+    bits: Sequence[float] = BITS,
+    tokens_per_param: Sequence[float] = TOKENS_PER_PARAM,
+    fractions: Sequence[float] = FRACTIONS,
+    noise: float = 0.002,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Classic runs of the integer family at `bits` and of each format of `factors` at its bits
+    per weight (block scales counted, from qat.quant.formats), with a `format` column and losses
+    from the qat law whose format factors are `factors` (plus noise)."""
+    from qat.quant.formats import FLOAT_FORMATS, INT_FORMAT  # torch: only for format grids
+
+    per_format = [(INT_FORMAT, b) for b in bits] + [(f, FLOAT_FORMATS[f].bits) for f in factors]
+    rows = [
+        {"N": n, "B": b, "format": f, "D_fp": (1 - q) * r * n, "D_qat": q * r * n, "qat_frac": q}
+        for n, (f, b), r, q in itertools.product(sizes, per_format, tokens_per_param, fractions)
+    ]
+    df = pd.DataFrame(rows)
+    law = QAT.with_formats((INT_FORMAT, *factors))
+    loss = law.loss(format_params(factors, params), df.N, df.D_fp, df.D_qat, df.B, df["format"])
+    df["D_total"] = df.D_fp + df.D_qat
+    df["fusion"] = False
+    df["loss"] = _noisy(loss, noise, np.random.default_rng(seed))
     return df
 
 
