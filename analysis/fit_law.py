@@ -54,6 +54,9 @@ def log_to_mlflow(result: FitResult, out: Path, source: str, tracking_uri: str |
     }
     metrics = {"r2": fitted.r2, "objective": s["objective"]}
     metrics |= {f"r2_bits_{k}": v for k, v in fitted.r2_by_bits.items()}
+    metrics |= {f"r2_format_{k}": v for k, v in s.get("r2_by_format", {}).items()}
+    if "r2_by_format" in s:  # a law with format factors: which formats, the base first
+        params["formats"] = ",".join(fitted.law.formats)
     metrics |= {f"param_{k}": v for k, v in fitted.params.items()}
     now = int(time.time() * 1000)
     client.log_batch(

@@ -25,7 +25,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import brentq
 
 from analysis.errors import AnalysisError
-from analysis.law import CHINCHILLA, FP_BITS, FittedLaw
+from analysis.law import CHINCHILLA, FP_BITS, INT_FORMAT, FittedLaw
 
 # The D_qat range scanned, as fractions of D_fp: 1e-5 … 10.
 _RATIOS = np.geomspace(1e-5, 10.0, 121)
@@ -41,8 +41,10 @@ class PretrainedPlan:
     stops_paying: float  # D_qat (inf: every doubling in the range still pays)
 
 
-def qat_loss(fitted: FittedLaw, n: float, d_fp: float, bits: float, d_qat: ArrayLike) -> np.ndarray:
-    return np.asarray(fitted.loss(n, d_fp, d_qat, bits), dtype=float)
+def qat_loss(
+    fitted: FittedLaw, n: float, d_fp: float, bits: float, d_qat: ArrayLike, fmt: str | None = None
+) -> np.ndarray:
+    return np.asarray(fitted.loss(n, d_fp, d_qat, bits, fmt), dtype=float)
 
 
 def plan_pretrained(
@@ -52,7 +54,10 @@ def plan_pretrained(
     bits: float,
     within: Sequence[float] = DEFAULT_WITHIN,
     min_gain: float = DEFAULT_MIN_GAIN,
+    fmt: str | None = None,
 ) -> PretrainedPlan:
+    """The plan for a B-bit model of format `fmt` (default the law's base format; B its bits per
+    weight, block scales counted)."""
     if fitted.law.fp_only:
         raise AnalysisError(f"law {fitted.law.name!r} has no QAT terms; fit one with --law qat")
     for name, value in (("n", n), ("pretrained_tokens", d_fp), ("bits", bits)):
@@ -65,23 +70,27 @@ def plan_pretrained(
     # The FP model's loss: the law's Chinchilla part, as analysis.predict's full precision.
     fp = float(_fp_loss(fitted, n, d_fp))
     d_qat = _RATIOS * d_fp
-    losses = qat_loss(fitted, n, d_fp, bits, d_qat)
+    losses = qat_loss(fitted, n, d_fp, bits, d_qat, fmt)
     curve = pd.DataFrame(
         {"D_qat": d_qat, "D_qat/D_fp": _RATIOS, "loss": losses, "gap_pct": 100 * (losses / fp - 1)}
     )
     return PretrainedPlan(
         fp_loss=fp,
         curve=curve,
-        within={pct: _tokens_within(fitted, n, d_fp, bits, fp * (1 + pct / 100)) for pct in within},
-        stops_paying=_stops_paying(fitted, n, d_fp, bits, min_gain),
+        within={
+            pct: _tokens_within(fitted, n, d_fp, bits, fp * (1 + pct / 100), fmt) for pct in within
+        },
+        stops_paying=_stops_paying(fitted, n, d_fp, bits, min_gain, fmt),
     )
 
 
-def _tokens_within(fitted: FittedLaw, n: float, d_fp: float, bits: float, target: float) -> float:
+def _tokens_within(
+    fitted: FittedLaw, n: float, d_fp: float, bits: float, target: float, fmt: str | None
+) -> float:
     """The least D_qat in the scanned range with predicted loss ≤ target (inf if none)."""
 
     def gap(log_d: float) -> float:
-        return float(qat_loss(fitted, n, d_fp, bits, np.asarray(math.exp(log_d)))) - target
+        return float(qat_loss(fitted, n, d_fp, bits, np.asarray(math.exp(log_d)), fmt)) - target
 
     logs = np.log(_RATIOS * d_fp)
     gaps = [gap(x) for x in logs]
@@ -99,27 +108,35 @@ def _fp_loss(fitted: FittedLaw, n: float, d_total: ArrayLike) -> np.ndarray:
     return np.asarray(CHINCHILLA.loss(fp_params, n, d_total, 0.0, FP_BITS), dtype=float)
 
 
-def _stops_paying(fitted: FittedLaw, n: float, d_fp: float, bits: float, min_gain: float) -> float:
+def _stops_paying(
+    fitted: FittedLaw, n: float, d_fp: float, bits: float, min_gain: float, fmt: str | None
+) -> float:
     """The first scanned D_qat from which doubling it closes less than ``min_gain`` of the loss
     of the quantization gap (inf if every doubling in the range still does)."""
     d_qat = _RATIOS * d_fp
 
     def gap(d: np.ndarray) -> np.ndarray:
-        return qat_loss(fitted, n, d_fp, bits, d) - _fp_loss(fitted, n, d_fp + d)
+        return qat_loss(fitted, n, d_fp, bits, d, fmt) - _fp_loss(fitted, n, d_fp + d)
 
     closed = gap(d_qat) - gap(2 * d_qat)
-    small = np.nonzero(closed < min_gain * qat_loss(fitted, n, d_fp, bits, d_qat))[0]
+    small = np.nonzero(closed < min_gain * qat_loss(fitted, n, d_fp, bits, d_qat, fmt))[0]
     return float(d_qat[small[0]]) if small.size else math.inf
 
 
 def answer(
-    law_path: str, n: float, d_fp: float, bits: float, as_json: bool, unit: str = "nats/token"
+    law_path: str,
+    n: float,
+    d_fp: float,
+    bits: float,
+    as_json: bool,
+    unit: str = "nats/token",
+    fmt: str = INT_FORMAT,
 ) -> int:
     """Print the plan of ``python -m analysis.predict --pretrained-tokens``; the exit status."""
     from analysis.law import load_law
 
     try:
-        plan = plan_pretrained(load_law(law_path), n, d_fp, bits)
+        plan = plan_pretrained(load_law(law_path), n, d_fp, bits, fmt=fmt)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -137,7 +154,8 @@ def answer(
         )
         return 0
     print(f"FP loss after {d_fp:.3g} pretraining tokens (N={n:.3g}): {plan.fp_loss:.4f} {unit}")
-    print(f"{bits:g}-bit loss after D_qat QAT tokens, in {unit}:")
+    model = f"{bits:g}-bit" if fmt == INT_FORMAT else f"{fmt} ({bits:g} bits per weight)"
+    print(f"{model} loss after D_qat QAT tokens, in {unit}:")
     rows = plan.curve.iloc[::10]
     print(rows.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for pct, tokens in plan.within.items():
