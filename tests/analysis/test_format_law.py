@@ -16,6 +16,7 @@ from analysis.collect import prepare
 from analysis.errors import AnalysisError
 from analysis.fit import fit
 from analysis.fit_law import fit_and_report
+from analysis.health import fit_health
 from analysis.law import CHINCHILLA, QAT, FittedLaw, load_law
 from analysis.pretrained import plan_pretrained
 from analysis.synthetic import (
@@ -232,3 +233,10 @@ def test_predict_refuses_in_one_line(law_files, capsys, law, args, message):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_a_factor_on_its_bound_is_named_in_natural_units():
+    params = format_params({"mxfp4": {"theta": 0.01, "phi": 0.7, "lambda": 1.6}})
+    law = FittedLaw(FORMAT_LAW, params, 1.0, {}, 0, {"at_bounds": ["theta.mxfp4"]})
+    [problem] = fit_health(law)
+    assert problem.line.startswith("theta.mxfp4=0.01 sits at its bound 0.01 (allowed 0.01 to 100)")
