@@ -5,12 +5,14 @@ format's hf folder computes our logits in transformers."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from qat.checkpoint import save_weights
 from qat.data.tokenizer import EOT, save_tokenizer, train_tokenizer
-from qat.export import load
+from qat.export import ExportError, load
 from qat.export.packed import export_packed
 from qat.export.packing import TRITS
 from qat.export.run import FinishedRun
@@ -165,3 +167,28 @@ def test_a_float_formats_hf_folder_computes_our_logits_in_transformers(
     down = model.layers[0].feed_forward.w2
     want = fake_quant(down.weight, down.scale, down.fmt).detach()
     assert torch.equal(hf.model.layers[0].mlp.down_proj.weight, want)
+
+
+def test_a_folder_of_a_newer_version_or_another_element_layout_is_refused(tmp_path, tokenizer_path):
+    """A reader never decodes bits whose layout it does not know: one line, no model."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    _, run = finished(tmp_path, tokenizer_path, 4, False, "mxfp4")
+    export_packed(run, tmp_path / "out")
+    config = tmp_path / "out" / "config.json"
+    info = json.loads(config.read_text())
+    config.write_text(json.dumps({**info, "version": info["version"] + 1}))
+    with pytest.raises(ExportError, match="reads up to version") as error:
+        load(tmp_path / "out")
+    assert "\n" not in str(error.value)
+    config.write_text(json.dumps(info))
+
+    weights = tmp_path / "out" / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = handle.metadata()
+    layers = json.loads(metadata["layers"])
+    layers["layers.0.attention.wq"]["element"]["bias"] = 2  # as if e2m1 were biased otherwise
+    save_file(load_file(weights), weights, metadata={**metadata, "layers": json.dumps(layers)})
+    with pytest.raises(ExportError, match=r"layers\.0\.attention\.wq: its mxfp4 element"):
+        load(tmp_path / "out")
