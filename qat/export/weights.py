@@ -1,13 +1,14 @@
 """A checkpoint's weights as the quantized model computes with them: each quantized Linear's
-weight replaced by its fake-quantized value (α·levels[code]), the scales dropped."""
+weight replaced by its fake-quantized value (α·levels[code] for the integer family, α·s·element
+for a float format), the scales dropped."""
 
 from __future__ import annotations
 
 import torch
 
 from qat.config import RunConfig
-from qat.export.errors import ExportError
-from qat.quant import QuantFormat, format_for_bits
+from qat.export.float_codes import dequantize_float, float_codes
+from qat.quant import QuantFormat, format_for_bits, resolve_format
 from qat.quant.codes import dequantize, quant_codes
 from qat.quant.embedding import embedding_format
 
@@ -19,14 +20,19 @@ EMBEDDING_LAYERS = ("tok_embeddings", "output")
 def layer_format(config: RunConfig, layer: str) -> QuantFormat:
     """The number format a quantized layer of ``config``'s run was trained in."""
     if config.quant.format != "int":
-        # Codes and packing exist for the integer family only; a float run would export wrongly.
-        raise ExportError(
-            f"export covers quant.format=int only; this run trained quant.format="
-            f"{config.quant.format}"
-        )
+        # The config refuses quant.embeddings with a float format: every quantized layer has it.
+        return resolve_format(config.bits, config.quant.format)
     if config.quant.embeddings and layer in EMBEDDING_LAYERS:
         return embedding_format(config.bits)
     return format_for_bits(config.bits)
+
+
+def quantized_weight(weight: torch.Tensor, scale: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """The fake-quantized weight, rebuilt from the codes export stores (so it is what a packed
+    folder loads back)."""
+    if fmt.element is not None:
+        return dequantize_float(float_codes(weight, scale, fmt), fmt)
+    return dequantize(*quant_codes(weight, scale, fmt), fmt)
 
 
 def dequantized_state(state: dict[str, torch.Tensor], config: RunConfig) -> dict[str, torch.Tensor]:
@@ -39,6 +45,5 @@ def dequantized_state(state: dict[str, torch.Tensor], config: RunConfig) -> dict
         if scale is None:
             out[name] = tensor
         else:
-            fmt = layer_format(config, layer)
-            out[name] = dequantize(*quant_codes(tensor, scale, fmt), fmt)
+            out[name] = quantized_weight(tensor, scale, layer_format(config, layer))
     return out

@@ -1,6 +1,7 @@
-"""Export of real smoke-grid cells (trained here, in process, on the bundled corpus): the packed
-folder loads back to the model the run evaluated, the hf folder loads in transformers with our
-logits, a generation comes out, and bad input writes nothing."""
+"""Export of real smoke-grid cells (trained here, in process, on the bundled corpus; an integer,
+a ternary and an NVFP4 one): the packed folder loads back to the model the run evaluated, the hf
+folder loads in transformers with our logits, a generation comes out, and bad input writes
+nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from qat.config import RunConfig
 from qat.export import load
 from qat.export.__main__ import main as export_main
 from qat.generate import main as generate_main
-from qat.quant import format_for_bits, reference_fake_quant
+from qat.quant import reference_fake_quant, resolve_format
 from tests.conftest import VOCAB
 
 SMOKE = (
@@ -49,16 +50,19 @@ def cell(workdir: Path, *overrides: str) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory, data_root):
-    """A 2-bit cell (trainer=torch) and a ternary one (trainer=packed), finished."""
+    """A 2-bit cell (trainer=torch), a ternary one (trainer=packed) and an NVFP4 one (a float
+    format, block-scaled; trainer=torch), finished; all three share one FP trunk."""
     from qat.cell import run_cell
     from qat.pack import run_single
 
     os.environ["QAT_DATA_DIR"] = str(data_root)
     workdir = tmp_path_factory.mktemp("export")
     torch_cell, packed_cell = cell(workdir, "bits=2"), cell(workdir, "bits=1.58", "trainer=packed")
+    float_cell = cell(workdir, "bits=4", "quant.format=nvfp4")
     return workdir, {
         "torch": (torch_cell, run_cell(torch_cell)),
         "packed": (packed_cell, run_single(packed_cell)),
+        "nvfp4": (float_cell, run_cell(float_cell)),
     }
 
 
@@ -91,7 +95,7 @@ def export(workdir: Path, run: str, out: Path, *flags: str) -> int:
     )
 
 
-@pytest.mark.parametrize("backend", ["torch", "packed"])
+@pytest.mark.parametrize("backend", ["torch", "packed", "nvfp4"])
 def test_a_packed_export_is_the_model_the_run_evaluated(cells, data_root, tmp_path, backend):
     workdir, trained = cells
     config, result = trained[backend]
@@ -106,7 +110,7 @@ def test_a_packed_export_is_the_model_the_run_evaluated(cells, data_root, tmp_pa
 
     final = latest_checkpoint(workdir / "runs" / config.run_key / "checkpoints")
     assert final is not None
-    state, fmt = final.model_state(), format_for_bits(config.bits)
+    state, fmt = final.model_state(), resolve_format(config.bits, config.quant.format)
     weights = exported.model.state_dict()
     layer = "layers.1.feed_forward.w2"
     expected = reference_fake_quant(state[f"{layer}.weight"], state[f"{layer}.scale"], fmt)
@@ -158,6 +162,29 @@ def test_an_hf_export_loads_in_transformers_with_our_logits(cells, tmp_path, cap
     assert generate_main([str(tmp_path / "packed"), "--prompt", prompt, "--max-tokens", "5"]) == 0
     assert capsys.readouterr().out == from_hf  # same model, same seed, same words
     assert from_hf.startswith(prompt) and len(from_hf.strip()) > len(prompt)
+
+
+def test_a_float_format_cells_hf_export_computes_its_fake_quantized_logits(cells, tmp_path):
+    """The NVFP4 cell's checkpoint in our Transformer with fake quantization, and its hf folder
+    in transformers: the same logits."""
+    from transformers import LlamaForCausalLM
+
+    from qat.checkpoint import latest_checkpoint
+    from qat.model import Transformer
+    from qat.quant import quantize_model
+
+    workdir, trained = cells
+    config, _ = trained["nvfp4"]
+    assert export(workdir, config.run_key, tmp_path / "hf", "--format", "hf") == 0
+    final = latest_checkpoint(workdir / "runs" / config.run_key / "checkpoints")
+    assert final is not None
+    ours = Transformer(config.model, VOCAB)
+    quantize_model(ours, resolve_format(config.bits, config.quant.format), "reference")
+    ours.load_state_dict(final.model_state())
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    ids = torch.randint(0, VOCAB, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (hf(ids).logits - ours.eval()(ids)).abs().max().item() <= 1e-4
 
 
 def test_log_puts_the_export_in_the_cells_mlflow_run(cells, tmp_path):

@@ -71,11 +71,9 @@ def test_the_config_knows_every_format_and_its_element_bits():
         assert fmt.element is not None and QUANT_FORMAT_BITS[name] == fmt.element.bits
 
 
-def test_export_refuses_a_float_format_in_one_line():
-    from qat.export.errors import ExportError
+def test_export_encodes_each_layer_in_the_runs_format():
     from qat.export.weights import layer_format
 
     assert layer_format(RunConfig.from_dict(tree()), "layers.0.attention.wq").name == "int4"
-    with pytest.raises(ExportError, match=r"export covers quant\.format=int only") as info:
-        layer_format(RunConfig.from_dict(tree(format="mxfp4")), "layers.0.attention.wq")
-    assert "\n" not in str(info.value)
+    fmt = layer_format(RunConfig.from_dict(tree(format="mxfp4")), "layers.0.attention.wq")
+    assert fmt is FLOAT_FORMATS["mxfp4"]
