@@ -327,11 +327,7 @@ class RunConfig:
             self.is_fp_only or self.bits == element_bits,
             f"bits={element_bits:g} (or 16, FP only) with quant.format={name}",
         )
-        # The packed engine, the embedding quantizer and the CUDA kernel know the int family only.
-        _require(
-            self.trainer.backend != "packed",
-            f"quant.format=int with trainer=packed (quant.format={name} needs trainer=torch)",
-        )
+        # The embedding quantizer and the CUDA kernel know the int family only.
         _require(not self.quant.embeddings, f"quant.embeddings=false with quant.format={name}")
         _require(
             self.quant.kernel != "cuda",

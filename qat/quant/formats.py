@@ -65,6 +65,12 @@ class QuantFormat:
         if self.family == "seq" and (self.n_levels is None or self.n_levels <= 0):
             raise QuantConfigError(f"n_levels={self.n_levels!r}: a SEQ format needs n_levels > 0")
 
+    @property
+    def per_tensor(self) -> bool:
+        """Whether quantizing one row reads the whole weight (NVFP4's per-tensor scale comes from
+        its amax): the rows of several weights then cannot be quantized as one tensor."""
+        return self.blocks is not None and self.blocks.scale == "e4m3_per_tensor"
+
 
 def _seq(name: str, bits: float, n: float, shift: float) -> QuantFormat:
     qp = (n - shift) / n

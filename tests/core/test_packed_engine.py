@@ -1,5 +1,6 @@
 """The packed engine's parts against their single-cell counterparts (CPU, fp32, one thread):
-the weight layout, the fake-quant of a format slice, and the optimizer with its clip."""
+the weight layout, the fake-quant of a format slice (integer and float formats), and the
+optimizer with its clip."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from qat.engine.packed.forward import Segment, effective_weight
 from qat.engine.packed.optimizer import PackedAdamW
 from qat.engine.packed.weights import SCALES, ParameterLayout
 from qat.model import Transformer
-from qat.quant import FakeQuantFunction, format_for_bits, init_scale, quantize_model
+from qat.quant import (
+    FLOAT_FORMATS,
+    FakeQuantFunction,
+    format_for_bits,
+    init_scale,
+    quantize_model,
+)
 
 CONFIG = ModelConfig(name="t", dim=32, n_layers=2, n_heads=4, ffn_dim=64)
 VOCAB = 97
@@ -74,6 +81,47 @@ def test_a_format_slice_is_each_members_own_fake_quant(bits):
         assert torch.equal(out[row], alone)
         assert torch.equal(weight.grad[row], w.grad)
         assert torch.equal(scale.grad[row], s.grad)
+
+
+@pytest.mark.parametrize("kernel", ["reference", "cuda"])
+@pytest.mark.parametrize("name", sorted(FLOAT_FORMATS))
+def test_a_float_format_slice_is_each_members_own_fake_quant(name, kernel):
+    """A pack of FP, INT4 and three members of a float format: each member's weight and
+    gradients are those it gets alone. The members differ in magnitude and their scales are
+    off their initial values, so every member's w/α has its own amax: NVFP4's per-tensor scale
+    then differs between members, and a pack that shared it would fail here. ``cuda``: the path
+    of a resolved kernel other than the reference (a float format falls back to ``auto``, on a
+    CPU the reference without the member's size), exact up to the scale gradient's rounding;
+    its INT4 member stays FP, as the CUDA kernel needs a GPU."""
+    fmt = FLOAT_FORMATS[name]
+    int4 = format_for_bits(4) if kernel == "reference" else None
+    forms = [None, int4, fmt, fmt, fmt]
+    segments = [Segment(None, 0, 1), Segment(int4, 1, 2), Segment(fmt, 2, 5)]
+    generator = torch.Generator().manual_seed(7)
+    # 40 inputs: two and a half NV blocks, one and a quarter MX blocks a row.
+    magnitude = torch.tensor([1.0, 0.1, 0.02, 0.3, 2.0]).view(-1, 1, 1)
+    weight = torch.randn(5, 24, 40, generator=generator) * magnitude
+    jitter = 0.5 + torch.rand(5, 24, 1, generator=generator)
+    scale = torch.stack([init_scale(w, f or fmt) for w, f in zip(weight, forms, strict=True)])
+    weight.requires_grad_()
+    scale = (scale * jitter).requires_grad_()
+    upstream = torch.randn(5, 24, 40, generator=generator)
+    out = effective_weight(weight, scale, segments, kernel)
+    out.backward(upstream)
+    for row, form in enumerate(forms):
+        if form is None:
+            assert torch.equal(out[row], weight[row]) and torch.count_nonzero(scale.grad[row]) == 0
+            continue
+        w = weight[row].detach().clone().requires_grad_()
+        s = scale[row].detach().clone().requires_grad_()
+        alone = FakeQuantFunction.apply(w, s, form)
+        alone.backward(upstream[row])
+        assert torch.equal(out[row], alone), row
+        assert torch.equal(weight.grad[row], w.grad), row
+        if kernel == "reference":
+            assert torch.equal(scale.grad[row], s.grad), row
+        else:
+            torch.testing.assert_close(scale.grad[row], s.grad, rtol=1e-5, atol=0.0)
 
 
 def test_the_optimizer_steps_each_member_as_adamw_with_clipping_steps_it_alone():

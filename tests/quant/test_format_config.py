@@ -1,5 +1,5 @@
 """quant.format in the run configuration: int keeps every recorded key, a float format is a new
-cell on the same FP trunk, and bad combinations are refused in one line."""
+cell on the same FP trunk (and in the same pack), and bad combinations are refused in one line."""
 
 from __future__ import annotations
 
@@ -54,7 +54,6 @@ def test_a_float_format_is_a_new_cell_on_the_same_trunk():
     [
         (tree(format="fp5"), "quant.format='fp5' is not supported; allowed: int, fp4_e2m1, "),
         (tree(bits=6, format="mxfp4"), "expected bits=4 (or 16, FP only) with quant.format=mxfp4"),
-        (tree(format="nvfp4", trainer="packed"), "quant.format=int with trainer=packed"),
         (tree(format="fp4_e2m1", embeddings=True), "quant.embeddings=false with quant.format"),
         (tree(format="mxfp4", kernel="cuda"), "quant.kernel=auto or reference with quant.format"),
     ],
@@ -63,6 +62,27 @@ def test_bad_combinations_are_one_line(bad, message):
     with pytest.raises(ConfigError) as info:
         RunConfig.from_dict(bad)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cells_of_every_format_make_one_pack():
+    """trainer=packed takes every format; cells that differ only in it train as one pack, each
+    member with its own format (tests/integration/test_packed_formats.py trains such a pack)."""
+    from qat.engine.packed import plan_members
+    from qat.orchestration.packs import group_packs
+
+    cells = [RunConfig.from_dict(tree(trainer="packed"))]
+    cells += [
+        RunConfig.from_dict(tree(bits=fmt.element.bits, format=name, trainer="packed"))
+        for name, fmt in FLOAT_FORMATS.items()
+        if fmt.element is not None
+    ]
+    assert group_packs(cells, lambda config: None) == [cells]
+    (lineage,) = plan_members(cells)
+    formats = {member.config.quant.format: member.fmt for member in lineage.members}
+    assert {name: fmt.name for name, fmt in formats.items() if fmt is not None} == {
+        "int": "int4",
+        **{name: name for name in FLOAT_FORMATS},
+    }
 
 
 def test_the_config_knows_every_format_and_its_element_bits():

@@ -2,8 +2,9 @@
 
 Activations are [members, tokens, features]; every Linear is one batched matmul over members;
 attention is one call over members × batch. Members in QAT see their quantized Linear weights
-fake-quantized, grouped by format (one fake-quant call per format, on the rows of its members),
-through the same fake_quant backends as the single-cell model.
+fake-quantized, grouped by format (one fake-quant call per format, on the rows of its members;
+one per member for a format with a per-tensor statistic), through the same fake_quant backends
+as the single-cell model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from qat.config import ModelConfig
 from qat.engine.packed.loss import LinearCrossEntropy
 from qat.model import apply_rotary
 from qat.quant import FakeQuantFunction, QuantFormat, fake_quant
-from qat.quant.ops import REFERENCE
+from qat.quant.ops import AUTO, REFERENCE
 
 
 @dataclass(frozen=True)
@@ -59,26 +60,41 @@ def effective_weight(
     is a resolved backend name (qat.quant.resolve_kernel)."""
     if all(segment.fmt is None for segment in segments):
         return weight
-    out_features, in_features = weight.shape[1:]
     pieces = []
     for segment in segments:
-        rows = weight[segment.start : segment.end]
-        if segment.fmt is None:
-            pieces.append(rows)
+        fmt = segment.fmt
+        if fmt is None:
+            pieces.append(weight[segment.start : segment.end])
             continue
-        count = segment.end - segment.start
-        stacked = rows.reshape(count * out_features, in_features)
-        alpha = scale[segment.start : segment.end].reshape(count * out_features, 1)
-        if kernel == REFERENCE:
-            # Told each member's weight size, the reference is each member's maths exactly.
-            numel = out_features * in_features
-            quantized = FakeQuantFunction.apply(stacked, alpha, segment.fmt, numel)
-        else:
-            if count > 1:
-                alpha = _ScaleGradient.apply(alpha, math.sqrt(count))
-            quantized = fake_quant(stacked, alpha, segment.fmt, kernel)
-        pieces.append(quantized.view(count, out_features, in_features))
+        # A format with a statistic of the whole weight (NVFP4's per-tensor scale) quantizes
+        # each member's weight on its own: stacked, the members would share that statistic.
+        step = 1 if fmt.per_tensor else segment.end - segment.start
+        for start in range(segment.start, segment.end, step):
+            rows = slice(start, start + step)
+            pieces.append(_fake_quant_members(weight[rows], scale[rows], fmt, kernel))
     return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+
+
+def _fake_quant_members(
+    weight: torch.Tensor, scale: torch.Tensor, fmt: QuantFormat, kernel: str
+) -> torch.Tensor:
+    """Members' weights [k, out, in] (scales [k, out, 1]) fake-quantized as one [k·out, in]
+    tensor, each member with its own weight's scale-gradient factor."""
+    count, out_features, in_features = weight.shape
+    stacked = weight.reshape(count * out_features, in_features)
+    alpha = scale.reshape(count * out_features, 1)
+    if kernel == REFERENCE:
+        # Told each member's weight size, the reference is each member's maths exactly.
+        numel = out_features * in_features
+        quantized = FakeQuantFunction.apply(stacked, alpha, fmt, numel)
+    else:
+        if count > 1:
+            alpha = _ScaleGradient.apply(alpha, math.sqrt(count))
+        # The resolved kernel may cover the integer family only; a float format takes auto's
+        # backend (a kernel where one covers it, else the reference), as a float cell does.
+        backend = AUTO if fmt.family == "float" else kernel
+        quantized = fake_quant(stacked, alpha, fmt, backend)
+    return quantized.view(count, out_features, in_features)
 
 
 def rms_norm(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from qat.config import RunConfig
 from qat.errors import ConfigError
-from qat.quant import QuantFormat, format_for_bits
+from qat.quant import QuantFormat, resolve_format
 from qat.schedule import LrSchedule, PhasePlan, plan_phases, warmup_multiplier, warmup_steps
 from qat.trunk import branch_step, trunk_key
 
@@ -47,11 +47,12 @@ class Lineage:
 
 def pack_shape(config: RunConfig) -> dict:
     """What every member of one pack shares: one batched model, one data stream per seed, one
-    optimizer and one device. Bits, fraction, fusion, budget, seed, schedule and peak learning
-    rate and the reset of the Adam moments at the QAT switch may differ."""
+    optimizer and one device. Bits, number format, fraction, fusion, budget, seed, schedule and
+    peak learning rate and the reset of the Adam moments at the QAT switch may differ."""
     tree = config.to_dict()
     for key in ("bits", "qat_frac", "tokens", "fusion", "seed", "schedule"):
         tree.pop(key)
+    tree["quant"].pop("format")  # each format is its own slice of the stacked weights
     tree["data"].pop("cache_dir")
     tree["optim"].pop("lr")
     tree["optim"].pop("qat_reset_moments")  # per member, at its QAT switch
@@ -101,7 +102,7 @@ def plan_members(configs: list[RunConfig]) -> list[Lineage]:
             plan=plan,
             schedule=LrSchedule(plan, config.schedule),
             branch=branch_step(config),
-            fmt=None if config.is_fp_only else format_for_bits(config.bits),
+            fmt=None if config.is_fp_only else resolve_format(config.bits, config.quant.format),
             key=config.run_key,
         )
         lineages.setdefault(trunk_key(config), []).append(member)
