@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from qat.quant import (
+    FLOAT_FORMATS,
     QuantConfigError,
     fake_quant,
     format_for_bits,
@@ -52,6 +53,22 @@ def test_auto_picks_an_available_cuda_backend():
     assert resolve_kernel("auto", w.double()) == "reference"
     with pytest.raises(QuantConfigError, match=r"kernel='cuda' is not available for a torch\.f"):
         fake_quant(w.double(), a, FMT, kernel="cuda")
+
+
+def test_float_formats_go_to_the_cuda_backend_like_the_integer_ones():
+    calls = []
+
+    def fake_cuda(w, scale, fmt):
+        calls.append(fmt.name)
+        return reference_fake_quant(w, scale, fmt)
+
+    register_backend("cuda", fake_cuda, available=lambda w: True)
+    w = torch.randn(3, 40)
+    for name in FLOAT_FORMATS:
+        fmt = FLOAT_FORMATS[name]
+        fake_quant(w, init_scale(w, fmt), fmt)  # auto
+        fake_quant(w, init_scale(w, fmt), fmt, kernel="cuda")
+    assert calls == [name for name in FLOAT_FORMATS for _ in range(2)]
 
 
 def test_cuda_not_registered(monkeypatch):
