@@ -15,13 +15,14 @@ from torch import Tensor
 
 from qat.quant import init_scale
 from qat.quant.formats import QuantFormat, float_grid
+from qat.quant.minifloat import ElementEncoding
 
 # Shapes whose in_features are a multiple of every block (16, 32) and of the 16-byte vectors,
 # and ones that end on a short block or are shorter than one.
 SHAPES = ((1, 1), (3, 7), (5, 16), (4, 33), (6, 64), (9, 100), (33, 1000), (17, 4096))
 
 
-def element_of(fmt: QuantFormat):  # noqa: ANN201  # ElementEncoding; float formats have one
+def element_of(fmt: QuantFormat) -> ElementEncoding:
     assert fmt.element is not None
     return fmt.element
 
@@ -90,9 +91,7 @@ def clamped_scale_case(fmt: QuantFormat) -> tuple[Tensor, Tensor]:
 
 def cases(fmt: QuantFormat) -> list[tuple[str, Tensor, Tensor]]:
     """(name, w, α) for every case above, float32 on the CPU."""
-    named = [
-        (f"random {r}x{c}", *random_case((r, c), fmt, seed=r * 7919 + c)) for r, c in SHAPES
-    ]
+    named = [(f"random {r}x{c}", *random_case((r, c), fmt, seed=r * 7919 + c)) for r, c in SHAPES]
     named += [
         ("ties and over max", *tie_case(fmt)),
         ("tiny and subnormal", *tiny_case(fmt)),
