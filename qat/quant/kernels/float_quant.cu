@@ -32,14 +32,17 @@ static_assert(kMinifloat == kFirstFloatFamily, "float_quant.h and float_math.cuh
 namespace {
 
 // Exact IEEE quotients: divide() (a reciprocal and FMA corrections) where it is the correctly
-// rounded quotient, __fdiv_rn elsewhere. Unlike the integer family, every last bit of a tiny
-// w/α matters here: a block scale follows the block's largest |w/α| down to 2^-127.
+// rounded quotient (a divisor in its fast range, a dividend of 2^-60 <= |x| < 2^61, or ±0,
+// which its first estimate x·(1/d) carries exactly), __fdiv_rn elsewhere. Unlike the integer
+// family, every last bit of a tiny w/α matters here: a block scale follows the block's largest
+// |w/α| down to 2^-127.
 struct DeviceDivision {
   using Divisor = qat_fake_quant::Divisor;
   __device__ __forceinline__ static Divisor make(float value) { return make_divisor(value); }
   __device__ __forceinline__ static float quotient(float x, const Divisor& d) {
-    const uint32_t exponent = (__float_as_uint(x) >> 23) & 0xffu;
-    return (d.fast && exponent - 67u <= 120u) ? divide(x, d) : __fdiv_rn(x, d.value);
+    const uint32_t magnitude = __float_as_uint(x) & 0x7fffffffu;
+    const bool exact = (magnitude >> 23) - 67u <= 120u || magnitude == 0u;
+    return (d.fast && exact) ? divide(x, d) : __fdiv_rn(x, d.value);
   }
 };
 
