@@ -18,8 +18,9 @@ from qat.quant.formats import QuantFormat, float_grid
 from qat.quant.minifloat import ElementEncoding
 
 # Shapes whose in_features are a multiple of every block (16, 32) and of the 16-byte vectors,
-# and ones that end on a short block or are shorter than one.
-SHAPES = ((1, 1), (3, 7), (5, 16), (4, 33), (6, 64), (9, 100), (33, 1000), (17, 4096))
+# ones that end on a short block or are shorter than one, and a row long enough for a thread to
+# take several steps of the kernel's loop (a short one last).
+SHAPES = ((1, 1), (3, 7), (5, 16), (4, 33), (6, 64), (9, 100), (33, 1000), (17, 4096), (3, 10001))
 
 
 def element_of(fmt: QuantFormat) -> ElementEncoding:

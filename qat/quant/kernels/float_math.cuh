@@ -213,7 +213,8 @@ QAT_FLOAT_MATH GroupScale<Division> group_scale(const float (&u)[G], float per_t
 }
 
 // q(u) in units of α: s·element(u/s). u/s is exact for MX (s a power of two, so a multiply by
-// its inverse) and the IEEE quotient for NV; a zero NV scale gives +0, as the reference's where.
+// its inverse) and the IEEE quotient for NV. Where an NV scale is not positive the reference's
+// element is +0, so q = s·0: +0 for a zero scale, NaN for a NaN one.
 template <int K, class Division>
 QAT_FLOAT_MATH float project(float u, const GroupScale<Division>& sc, const FloatParams& p) {
   if constexpr (K == kMinifloat) {
@@ -221,8 +222,8 @@ QAT_FLOAT_MATH float project(float u, const GroupScale<Division>& sc, const Floa
   } else if constexpr (K == kMx) {
     return mul_rn(sc.s, round_to_grid(mul_rn(u, sc.inverse), p.element));
   } else {
-    return sc.s > 0.f ? mul_rn(sc.s, round_to_grid(Division::quotient(u, sc.divisor), p.element))
-                      : 0.f;
+    return mul_rn(sc.s, sc.s > 0.f ? round_to_grid(Division::quotient(u, sc.divisor), p.element)
+                                   : 0.f);
   }
 }
 

@@ -91,6 +91,23 @@ __device__ __forceinline__ void store_group(T* p, int64_t n, const float (&v)[G]
   }
 }
 
+// Groups a thread loads before it computes: a plain minifloat's group is a single 16-byte vector,
+// and one load in flight a thread is too few to keep the memory busy (kUnroll in fake_quant.cu).
+// A block-scaled group already loads 2 to 8 vectors.
+template <int K>
+constexpr int kGroupsPerStep = K == kMinifloat ? 4 : 1;
+
+// A step of a row is the groups base + k·blockDim.x, k < kGroupsPerStep: calls fn(k, group) for
+// each of them that lies before groups.
+template <int K, typename Fn>
+__device__ __forceinline__ void for_each_group(int64_t base, int64_t groups, Fn&& fn) {
+#pragma unroll
+  for (int k = 0; k < kGroupsPerStep<K>; ++k) {
+    const int64_t group = base + int64_t{k} * blockDim.x;
+    if (group < groups) fn(k, group);
+  }
+}
+
 template <typename T, int K, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads)
     float_forward_kernel(const T* __restrict__ w, const float* __restrict__ scale,
@@ -98,18 +115,23 @@ __global__ void __launch_bounds__(kMaxThreads)
                          FloatParams p) {
   constexpr int G = kGroup<T, K>;
   const int64_t row = blockIdx.x;
+  const T* w_row = w + row * cols;
+  T* out_row = out + row * cols;
   const float alpha_value = clamped_scale(scale[row], p.eps);
   const Divisor alpha = make_divisor(alpha_value);
   float per_tensor = 1.f;
   if constexpr (K == kNv) per_tensor = nv_per_tensor(*tensor_amax, p);
   const int64_t groups = (cols + G - 1) / G;
-  for (int64_t group = threadIdx.x; group < groups; group += blockDim.x) {
-    const int64_t start = row * cols + group * G;
-    const int64_t n = cols - group * G;
-    float v[G];
-    load_group<T, G, kVec>(w + start, n, v);
-    forward_group<K, DeviceDivision>(v, alpha, alpha_value, per_tensor, p);
-    store_group<T, G, kVec>(out + start, n, v);
+  const int64_t stride = int64_t{blockDim.x} * kGroupsPerStep<K>;
+  for (int64_t base = threadIdx.x; base < groups; base += stride) {
+    float v[kGroupsPerStep<K>][G];
+    for_each_group<K>(base, groups, [&](int k, int64_t group) {
+      load_group<T, G, kVec>(w_row + group * G, cols - group * G, v[k]);
+    });
+    for_each_group<K>(base, groups, [&](int k, int64_t group) {
+      forward_group<K, DeviceDivision>(v[k], alpha, alpha_value, per_tensor, p);
+      store_group<T, G, kVec>(out_row + group * G, cols - group * G, v[k]);
+    });
   }
 }
 
@@ -122,22 +144,28 @@ __global__ void __launch_bounds__(kMaxThreads)
                           float grad_factor) {
   constexpr int G = kGroup<T, K>;
   const int64_t row = blockIdx.x;
+  const T* g_row = grad + row * cols;
+  const T* w_row = w + row * cols;
+  T* gw_row = grad_w + row * cols;
   const Divisor alpha = make_divisor(clamped_scale(scale[row], p.eps));
   float per_tensor = 1.f;
   if constexpr (K == kNv) per_tensor = nv_per_tensor(*tensor_amax, p);
   const int64_t groups = (cols + G - 1) / G;
+  const int64_t stride = int64_t{blockDim.x} * kGroupsPerStep<K>;
   float acc = 0.f;
-  for (int64_t group = threadIdx.x; group < groups; group += blockDim.x) {
-    const int64_t start = row * cols + group * G;
-    const int64_t n = cols - group * G;
-    float u[G];
-    float g[G];
-    load_group<T, G, kVec>(w + start, n, u);
-    load_group<T, G, kVec>(grad + start, n, g);
+  for (int64_t base = threadIdx.x; base < groups; base += stride) {
+    float u[kGroupsPerStep<K>][G];
+    float g[kGroupsPerStep<K>][G];
+    for_each_group<K>(base, groups, [&](int k, int64_t group) {
+      load_group<T, G, kVec>(w_row + group * G, cols - group * G, u[k]);
+      load_group<T, G, kVec>(g_row + group * G, cols - group * G, g[k]);
+    });
+    for_each_group<K>(base, groups, [&](int k, int64_t group) {
 #pragma unroll
-    for (int j = 0; j < G; ++j) u[j] = DeviceDivision::quotient(u[j], alpha);
-    backward_group<K, DeviceDivision>(u, g, per_tensor, p, acc);
-    store_group<T, G, kVec>(grad_w + start, n, g);
+      for (int j = 0; j < G; ++j) u[k][j] = DeviceDivision::quotient(u[k][j], alpha);
+      backward_group<K, DeviceDivision>(u[k], g[k], per_tensor, p, acc);
+      store_group<T, G, kVec>(gw_row + group * G, cols - group * G, g[k]);
+    });
   }
   const float total = block_sum(acc);
   if (threadIdx.x == 0) grad_scale[row] = __fmul_rn(total, grad_factor);
@@ -195,9 +223,9 @@ __global__ void __launch_bounds__(kMaxThreads)
 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-// Whole warps, one group a thread, at most kMaxThreads.
-int threads_for_groups(int64_t groups) {
-  const int64_t warps = (groups + 31) / 32;
+// Whole warps, enough for `per_thread` groups a thread, at most kMaxThreads.
+int threads_for_groups(int64_t groups, int per_thread = 1) {
+  const int64_t warps = ((groups + per_thread - 1) / per_thread + 31) / 32;
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(warps, 1) * 32, kMaxThreads));
 }
 
@@ -276,7 +304,7 @@ at::Tensor float_forward(const at::Tensor& w, const at::Tensor& scale, int64_t k
       constexpr int G = kGroup<T, K>;
       const T* w_ptr = data_of<T>(w);
       T* out_ptr = data_of<T>(out);
-      const int threads = threads_for_groups((cols + G - 1) / G);
+      const int threads = threads_for_groups((cols + G - 1) / G, kGroupsPerStep<K>);
       const dim3 grid(static_cast<unsigned>(rows));
       if (cols % G == 0 && aligned16(w_ptr) && aligned16(out_ptr)) {
         float_forward_kernel<T, K, true><<<grid, threads, 0, stream>>>(
@@ -318,7 +346,7 @@ std::tuple<at::Tensor, at::Tensor> float_backward(const at::Tensor& grad, const 
         const T* w_ptr = data_of<T>(w);
         T* gw_ptr = data_of<T>(grad_w);
         float* gs_ptr = grad_scale.data_ptr<float>();
-        const int threads = threads_for_groups((cols + G - 1) / G);
+        const int threads = threads_for_groups((cols + G - 1) / G, kGroupsPerStep<K>);
         const dim3 grid(static_cast<unsigned>(rows));
         if (cols % G == 0 && aligned16(g_ptr) && aligned16(w_ptr) && aligned16(gw_ptr)) {
           float_backward_kernel<T, K, true><<<grid, threads, 0, stream>>>(
