@@ -84,9 +84,11 @@ def zero_case() -> tuple[Tensor, Tensor]:
 
 def clamped_scale_case(fmt: QuantFormat) -> tuple[Tensor, Tensor]:
     """Scales below SCALE_EPS (clamped in forward and backward): for NV they also set the
-    per-tensor scale, so the other rows' block scales underflow to 0."""
+    per-tensor scale, so the block scales of another row's small weights underflow to 0 (their
+    block is all zeros and clips nothing)."""
     w, alpha = random_case((10, 64), fmt, seed=5)
     alpha[::3] = 1e-7
+    w[1, :32] *= 1e-3
     return w, alpha
 
 
