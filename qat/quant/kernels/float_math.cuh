@@ -26,7 +26,6 @@ namespace qat_fake_quant {
 
 // Family codes of the float formats, after the integer ones of fake_quant.cu (0-2).
 enum FloatKind : int64_t { kMinifloat = 3, kMx = 4, kNv = 5 };
-constexpr int64_t kFirstFloatKind = kMinifloat;
 constexpr int kMxBlock = 32;  // OCP MX v1.0
 constexpr int kNvBlock = 16;  // NVFP4
 
@@ -37,7 +36,6 @@ struct ElementSpec {
   int min_exp;
   float max_normal;
 };
-
 
 struct FloatParams {
   ElementSpec element;

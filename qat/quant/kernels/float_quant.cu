@@ -2,8 +2,8 @@
 // forward and fused backward, bit-equal to qat/quant/reference.py (the math: float_math.cuh).
 //
 // A block runs one row, and each thread a group of consecutive weights at a time: an MX block
-// (32), an NV block (16), or one 16-byte vector for a plain minifloat. The block scale needs
-// the group's largest |w/α|, so a thread holds its whole group; a row whose length is not a
+// (32), an NV block (16), or one 16-byte vector for a plain minifloat (four a step). A block scale
+// needs the group's largest |w/α|, so a thread holds its whole group; a row whose length is not a
 // multiple of the group ends on a short group, zero-padded as the reference pads it. The
 // backward pass reduces the row's dL/dα in a fixed order (deterministic), as fake_quant.cu does.
 // NV's per-tensor scale needs the largest |w/α| of the whole weight first: one extra read pass.
@@ -249,7 +249,7 @@ void by_kind(int64_t kind, Fn&& fn) {
   }
 }
 
-// Calls fn with w's data (and that of the same-typed tensors in rest) as float or bf16 bits.
+// Calls fn with a null pointer of w's storage type: float, or uint16_t for bf16's raw bits.
 template <typename Fn>
 void by_storage(const at::Tensor& w, Fn&& fn) {
   if (w.scalar_type() == at::kFloat) {
