@@ -1,9 +1,11 @@
 """Fake-quant throughput: the CUDA kernel against a device-to-device copy and the reference.
 
 GB/s counts the bytes each pass must move: forward reads w and writes ŵ; forward+backward
-also reads w and dL/dŵ and writes dL/dw (scales are negligible). Every variant is captured in
-a CUDA graph and timed by replays with CUDA events (median of repeats after warmup), so Python
-and launch overhead stay out of the numbers and all variants are timed alike.
+also reads w and dL/dŵ and writes dL/dw (scales are negligible). NVFP4's per-tensor scale costs
+the kernel one more read of w per pass, which is not counted: it shows as a lower GB/s. Every
+variant is captured in a CUDA graph and timed by replays with CUDA events (median of repeats
+after warmup), so Python and launch overhead stay out of the numbers and all variants are timed
+alike. ``--bits`` takes integer bit widths and float format names (mxfp4, nvfp4, ...).
 
     python bench/fake_quant.py --out bench/results/fake_quant.json
 """
@@ -21,7 +23,15 @@ import torch
 from record import write_record
 from torch import Tensor
 
-from qat.quant import QuantFormat, fake_quant, format_for_bits, init_scale, reference_fake_quant
+from qat.quant import (
+    FLOAT_FORMATS,
+    QuantConfigError,
+    QuantFormat,
+    fake_quant,
+    format_for_bits,
+    init_scale,
+    reference_fake_quant,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DEFAULT_SIZES = "4096x4096,8192x4096,16384x4096,32768x8192"
@@ -36,6 +46,20 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     if not sizes or any(len(size) != 2 or min(size) < 1 for size in sizes):
         raise argparse.ArgumentTypeError(f"expected ROWSxCOLS[,ROWSxCOLS...], got {text!r}")
     return sizes  # type: ignore[return-value]  # each checked to hold two ints
+
+
+def parse_formats(text: str) -> list[QuantFormat]:
+    """ "4,1.58,mxfp4,...": integer bit widths and float format names, as formats (argparse)."""
+    formats = []
+    for item in text.split(","):
+        try:
+            formats.append(FLOAT_FORMATS.get(item) or format_for_bits(item))
+        except QuantConfigError:
+            allowed = ", ".join(FLOAT_FORMATS)
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is neither a bit width (1, 1.58, 2, 3, 4, 6, 8) nor one of {allowed}"
+            ) from None
+    return formats
 
 
 def positive_int(text: str) -> int:
@@ -113,15 +137,20 @@ def variants(fmt: QuantFormat, impls: list[str]) -> dict[str, Callable]:
 
 
 def bench_size(
-    rows: int, cols: int, dtype: torch.dtype, bits: float, args: argparse.Namespace
+    rows: int, cols: int, dtype: torch.dtype, fmt: QuantFormat, args: argparse.Namespace
 ) -> dict:
-    fmt = format_for_bits(bits)
     w = torch.randn(rows, cols, device="cuda").to(dtype)
     scale = init_scale(w, fmt)
     grad = torch.randn_like(w)
     w_req, scale_req = w.clone().requires_grad_(), scale.clone().requires_grad_()
     nbytes = w.numel() * w.element_size()
-    row: dict = {"rows": rows, "cols": cols, "dtype": str(dtype), "bits": bits}
+    row: dict = {
+        "rows": rows,
+        "cols": cols,
+        "dtype": str(dtype),
+        "format": fmt.name,
+        "bits": fmt.bits,
+    }
 
     dst = torch.empty_like(w)
     ms, _ = time_graph(lambda: dst.copy_(w), args.warmup, args.repeats)
@@ -156,13 +185,14 @@ def bench_size(
 
 def markdown(rows: list[dict], impls: list[str]) -> str:
     impls = [name for name in impls if f"{name}_fwd_gbps" in rows[0]]  # ran on this torch
-    head = ["dtype", "bits", "shape", "copy"]
+    head = ["dtype", "format", "bits", "shape", "copy"]
     for name in impls:
         head += [f"{name} fwd", f"{name} fwd+bwd"]
     head += ["cuda fwd+bwd / copy", "results ≠ eager reference"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
-        cells = [r["dtype"].removeprefix("torch."), f"{r['bits']:g}", f"{r['rows']}×{r['cols']}"]
+        cells = [r["dtype"].removeprefix("torch."), r["format"], f"{r['bits']:g}"]
+        cells.append(f"{r['rows']}×{r['cols']}")
         cells.append(f"{r['copy_gbps']:,.0f}")
         for name in impls:
             cells += [f"{r[f'{name}_fwd_gbps']:,.0f}", f"{r[f'{name}_fwdbwd_gbps']:,.0f}"]
@@ -179,7 +209,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=parse_sizes, default=DEFAULT_SIZES, help="ROWSxCOLS,...")
     parser.add_argument("--dtypes", default="bf16,fp32")
-    parser.add_argument("--bits", default="4", help="bit widths, e.g. 1,1.58,2,4")
+    parser.add_argument(
+        "--bits",
+        type=parse_formats,
+        default="4",
+        help="bit widths of the integer family and float format names, e.g. 1,1.58,4,mxfp4",
+    )
     parser.add_argument(
         "--impls",
         default="cuda,eager,compiled,compiled_exact",
@@ -189,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         "--all-bits-size",
         type=lambda text: parse_sizes(text) if text else [],
         default="16384x4096",
-        help="also time the kernel alone at every bit width at these sizes ('' off)",
+        help="also time the kernel alone (bf16) at every bit width and float format at these "
+        "sizes ('' off)",
     )
     parser.add_argument("--warmup", type=positive_int, default=5)
     parser.add_argument("--repeats", type=positive_int, default=20)
@@ -204,17 +240,17 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for dtype_name in args.dtypes.split(","):
-        for bits in (float(b) for b in args.bits.split(",")):
+        for fmt in args.bits:
             for r, c in args.sizes:
-                rows.append(bench_size(r, c, DTYPES[dtype_name], bits, args))
+                rows.append(bench_size(r, c, DTYPES[dtype_name], fmt, args))
                 print(json.dumps(rows[-1]), flush=True)
     table = markdown(rows, args.impls)
 
     sweep = []
     kernel_only = argparse.Namespace(**{**vars(args), "impls": ["cuda"]})
     for r, c in args.all_bits_size:
-        for bits in (1, 1.58, 2, 3, 4, 6, 8):
-            sweep.append(bench_size(r, c, torch.bfloat16, bits, kernel_only))
+        for fmt in parse_formats(",".join(["1,1.58,2,3,4,6,8", *FLOAT_FORMATS])):
+            sweep.append(bench_size(r, c, torch.bfloat16, fmt, kernel_only))
     if sweep:
         table += "\n\n" + markdown(sweep, ["cuda"])
 

@@ -327,12 +327,8 @@ class RunConfig:
             self.is_fp_only or self.bits == element_bits,
             f"bits={element_bits:g} (or 16, FP only) with quant.format={name}",
         )
-        # The embedding quantizer and the CUDA kernel know the int family only.
+        # The embedding quantizer knows the int family only.
         _require(not self.quant.embeddings, f"quant.embeddings=false with quant.format={name}")
-        _require(
-            self.quant.kernel != "cuda",
-            f"quant.kernel=auto or reference with quant.format={name} (CUDA kernel: int only)",
-        )
 
     def science(self) -> dict[str, Any]:
         """Everything that changes the result, and nothing else (the run key's input)."""

@@ -3,8 +3,9 @@
 A backend is ``fn(w, scale, fmt) -> ŵ``; it must be differentiable with the gradients of
 ``reference.py``. "reference" is built in. A CUDA kernel plugs in with
 ``register_backend("cuda", fn, available)``, and ``kernel="auto"`` then uses it wherever its
-``available(w)`` says yes. Float formats (minifloats, MX, NV) always take the reference: the
-CUDA kernel covers the integer family only, and its plain torch ops run on a GPU as well.
+``available(w)`` says yes. Float formats (minifloats, MX, NV) take the CUDA kernel only when
+asked (``kernel="cuda"``): its arithmetic is checked bit for bit against the reference on the
+CPU, and ``auto`` keeps the reference for them until the kernel's GPU tests have passed on a GPU.
 """
 
 from __future__ import annotations
@@ -108,12 +109,6 @@ def _check_operands(w: Tensor, scale: Tensor, fmt: QuantFormat) -> None:
 def fake_quant(w: Tensor, scale: Tensor, fmt: QuantFormat, kernel: str = AUTO) -> Tensor:
     """ŵ = α·q(w/α) per output row, differentiable (STE) in w and α, through the chosen backend."""
     _check_operands(w, scale, fmt)
-    backend = resolve_kernel(kernel, w)
-    if fmt.family == "float":
-        if kernel not in (AUTO, REFERENCE):
-            raise QuantConfigError(
-                f"kernel={kernel!r} covers the integer formats only; format {fmt.name} runs "
-                f"with kernel={AUTO!r} or {REFERENCE!r}"
-            )
-        backend = REFERENCE
-    return _BACKENDS[backend].fn(w, scale, fmt)
+    if fmt.family == "float" and kernel == AUTO:
+        return _BACKENDS[REFERENCE].fn(w, scale, fmt)
+    return _BACKENDS[resolve_kernel(kernel, w)].fn(w, scale, fmt)

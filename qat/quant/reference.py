@@ -2,8 +2,7 @@
 
 Float formats round u = w/α onto their minifloat grid (qat.quant.minifloat); block-scaled ones
 first divide by each block's computed scale s (qat.quant.block_scaled), so q(u) = s·e2m1(u/s)
-and the clip range is ±s·max_normal, element by element. These are also what runs on a GPU: the
-CUDA kernel covers the integer family only.
+and the clip range is ±s·max_normal, element by element.
 
 This is the ground truth that any faster backend must match. It runs on any device and any
 float dtype: the math is done in at least float32, the output has w's dtype and the scale

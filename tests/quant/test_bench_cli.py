@@ -57,3 +57,15 @@ def test_unknown_dtype_is_refused():
 def test_good_arguments_get_past_parsing_to_the_gpu_check(script):
     done = run(script, "--sizes", "8x16,32x64")
     assert done.returncode == 1 and "needs a CUDA GPU" in done.stderr
+
+
+def test_an_unknown_format_is_one_usage_line():
+    done = run(SCRIPTS[0], "--bits", "4,fp5_e2m2")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    error_lines = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and "--bits" in error_lines[0] and "fp5_e2m2" in error_lines[0]
+
+
+def test_float_formats_and_bit_widths_get_past_parsing_to_the_gpu_check():
+    done = run(SCRIPTS[0], "--bits", "4,1.58,fp8_e4m3,mxfp4,nvfp4")
+    assert done.returncode == 1 and "needs a CUDA GPU" in done.stderr

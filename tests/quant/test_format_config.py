@@ -55,7 +55,6 @@ def test_a_float_format_is_a_new_cell_on_the_same_trunk():
         (tree(format="fp5"), "quant.format='fp5' is not supported; allowed: int, fp4_e2m1, "),
         (tree(bits=6, format="mxfp4"), "expected bits=4 (or 16, FP only) with quant.format=mxfp4"),
         (tree(format="fp4_e2m1", embeddings=True), "quant.embeddings=false with quant.format"),
-        (tree(format="mxfp4", kernel="cuda"), "quant.kernel=auto or reference with quant.format"),
     ],
 )
 def test_bad_combinations_are_one_line(bad, message):
@@ -83,6 +82,14 @@ def test_cells_of_every_format_make_one_pack():
         "int": "int4",
         **{name: name for name in FLOAT_FORMATS},
     }
+
+
+@pytest.mark.parametrize("name", FLOAT_FORMATS)
+def test_a_float_format_takes_the_cuda_kernel_which_is_no_part_of_the_run_key(name):
+    bits = FLOAT_FORMATS[name].element.bits  # type: ignore[union-attr]  # float formats have one
+    on_cuda = RunConfig.from_dict(tree(bits=bits, format=name, kernel="cuda"))
+    assert on_cuda.quant.kernel == "cuda"
+    assert on_cuda.run_key == RunConfig.from_dict(tree(bits=bits, format=name)).run_key
 
 
 def test_the_config_knows_every_format_and_its_element_bits():

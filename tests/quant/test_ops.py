@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from qat.quant import (
+    FLOAT_FORMATS,
     QuantConfigError,
     fake_quant,
     format_for_bits,
@@ -52,6 +53,24 @@ def test_auto_picks_an_available_cuda_backend():
     assert resolve_kernel("auto", w.double()) == "reference"
     with pytest.raises(QuantConfigError, match=r"kernel='cuda' is not available for a torch\.f"):
         fake_quant(w.double(), a, FMT, kernel="cuda")
+
+
+def test_float_formats_take_the_cuda_backend_when_asked_and_auto_keeps_the_reference():
+    calls = []
+
+    def fake_cuda(w, scale, fmt):
+        calls.append(fmt.name)
+        return reference_fake_quant(w, scale, fmt)
+
+    register_backend("cuda", fake_cuda, available=lambda w: True)
+    w = torch.randn(3, 40)
+    for name in FLOAT_FORMATS:
+        fmt = FLOAT_FORMATS[name]
+        fake_quant(w, init_scale(w, fmt), fmt)  # auto: the reference
+        fake_quant(w, init_scale(w, fmt), fmt, kernel="cuda")
+    assert calls == list(FLOAT_FORMATS)
+    fake_quant(w, init_scale(w, FMT), FMT)  # auto: the cuda backend for the integer family
+    assert calls[-1] == FMT.name
 
 
 def test_cuda_not_registered(monkeypatch):

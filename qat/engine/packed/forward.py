@@ -90,8 +90,7 @@ def _fake_quant_members(
     else:
         if count > 1:
             alpha = _ScaleGradient.apply(alpha, math.sqrt(count))
-        # The resolved kernel may cover the integer family only; a float format takes auto's
-        # backend (a kernel where one covers it, else the reference), as a float cell does.
+        # A float format takes auto's backend, as a float cell does (qat.quant.ops says which).
         backend = AUTO if fmt.family == "float" else kernel
         quantized = fake_quant(stacked, alpha, fmt, backend)
     return quantized.view(count, out_features, in_features)

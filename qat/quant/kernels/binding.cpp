@@ -17,7 +17,9 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad, const at::Te
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &qat_fake_quant::forward,
-        "ŵ = α·q(w/α) per row (w, scale, family, [n, shift, qn, qp, lo, hi, eps])");
+        "ŵ = α·q(w/α) per row (w, scale, family, params: [n, shift, qn, qp, lo, hi, eps] for "
+        "the integer families 0-2, [man_bits, min_normal_exp, max_normal, block_size, eps] "
+        "for the float ones 3-5)");
   m.def("backward", &qat_fake_quant::backward,
         "(dL/dw, dL/dα) from dL/dŵ (grad, w, scale, family, params)");
 }

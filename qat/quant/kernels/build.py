@@ -18,8 +18,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-SOURCES = ("binding.cpp", "fake_quant.cu")
-HEADERS = ("division.cuh",)  # included by fake_quant.cu: part of the key, not compiled alone
+SOURCES = ("binding.cpp", "fake_quant.cu", "float_quant.cu")
+# Included by the .cu files: part of the key, not compiled alone.
+HEADERS = ("division.cuh", "storage.cuh", "float_math.cuh", "float_quant.h")
 _HERE = Path(__file__).resolve().parent
 
 

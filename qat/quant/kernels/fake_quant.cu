@@ -19,6 +19,8 @@
 #include <cuda_bf16.h>
 
 #include "division.cuh"
+#include "float_quant.h"
+#include "storage.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -38,7 +40,6 @@ enum Family : int64_t { kBinary = 0, kSeq = 1, kLsq = 2 };
 // hints (__stcs/__ldcs) on the outputs and on dL/dŵ were slower too, and on an H200
 // __ldcs on the backward's loads lost 3-6% from 8192×4096 up.
 constexpr int kUnroll = 4;
-constexpr int kMaxThreads = 256;
 // The forward pass cuts rows into segments of one step of this many threads (1,024 bf16 or 512
 // fp32 columns). H200, bf16 4 bits, forward alone: 4096² 19.5 µs against 20.3 for a whole row
 // a block, 32768×8192 258.9 against 261.9; 64 threads a segment was between the two.
@@ -130,60 +131,6 @@ __device__ __forceinline__ float backward_one(float w, float g, const Divisor& a
   acc = fmaf(dq, g, acc);
   return (small || big) ? 0.f : g;
 }
-
-// Element access for the two storage types: float, and bf16 held as uint16_t bits.
-template <typename T>
-struct Storage;
-
-template <>
-struct Storage<float> {
-  static constexpr int kPerVec = 4;
-  __device__ static float load(const float* p, int64_t i) { return p[i]; }
-  __device__ static void store(float* p, int64_t i, float v) { p[i] = v; }
-  __device__ static void unpack(const uint4& r, float (&f)[kPerVec]) {
-    f[0] = __uint_as_float(r.x);
-    f[1] = __uint_as_float(r.y);
-    f[2] = __uint_as_float(r.z);
-    f[3] = __uint_as_float(r.w);
-  }
-  __device__ static uint4 pack(const float (&f)[kPerVec]) {
-    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
-                      __float_as_uint(f[3]));
-  }
-};
-
-__device__ __forceinline__ uint32_t bf16_bits(float v) {
-  return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-}
-
-template <>
-struct Storage<uint16_t> {
-  static constexpr int kPerVec = 8;
-  // bf16 is the top half of an fp32, so widening is a shift and exact.
-  __device__ static float load(const uint16_t* p, int64_t i) {
-    return __uint_as_float(static_cast<uint32_t>(p[i]) << 16);
-  }
-  __device__ static void store(uint16_t* p, int64_t i, float v) {
-    p[i] = static_cast<uint16_t>(bf16_bits(v));
-  }
-  __device__ static void unpack_word(uint32_t x, float& lo, float& hi) {
-    lo = __uint_as_float(x << 16);  // little endian: the lower address is the low half
-    hi = __uint_as_float(x & 0xffff0000u);
-  }
-  __device__ static void unpack(const uint4& r, float (&f)[kPerVec]) {
-    unpack_word(r.x, f[0], f[1]);
-    unpack_word(r.y, f[2], f[3]);
-    unpack_word(r.z, f[4], f[5]);
-    unpack_word(r.w, f[6], f[7]);
-  }
-  __device__ static uint32_t pack_word(float lo, float hi) {
-    return bf16_bits(lo) | (bf16_bits(hi) << 16);
-  }
-  __device__ static uint4 pack(const float (&f)[kPerVec]) {
-    return make_uint4(pack_word(f[0], f[1]), pack_word(f[2], f[3]), pack_word(f[4], f[5]),
-                      pack_word(f[6], f[7]));
-  }
-};
 
 // A step of a row is the vectors base + k·blockDim.x, k < kUnroll: calls fn(k, i) for each
 // vector i of the step that lies before n_vec.
@@ -279,21 +226,6 @@ __global__ void __launch_bounds__(kMaxThreads)
   } else {
     forward_segment_scalar<T, F, kFast>(w_seg, out_seg, len, alpha, stretch, p);
   }
-}
-
-// Sum over the block; the result is valid in thread 0. blockDim.x is a multiple of 32.
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float warp_sums[kMaxThreads / 32];
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x >> 5) ? warp_sums[lane] : 0.f;
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  }
-  return v;
 }
 
 // Computes and stores dL/dw for one loaded step of the backward pass and adds the step's terms
@@ -488,13 +420,14 @@ void by_family(int64_t family, Fn&& fn) {
 at::Tensor forward(const at::Tensor& w_in, const at::Tensor& scale_in, int64_t family,
                    const std::vector<double>& params) {
   check_operands(w_in, scale_in);
-  const Params p = make_params(params);
   const c10::cuda::CUDAGuard guard(w_in.device());
   const at::Tensor w = w_in.contiguous();
   const at::Tensor scale = scale_in.to(at::kFloat).contiguous();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (family >= kFirstFloatFamily) return float_forward(w, scale, family, params, stream);
+  const Params p = make_params(params);
   at::Tensor out = at::empty(w.sizes(), w.options());
   if (w.numel() == 0) return out;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   by_family(family, [&](auto f) { forward_family<decltype(f)::value>(w, scale, out, p, stream); });
   return out;
 }
@@ -506,11 +439,15 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_in, const at:
   TORCH_CHECK(grad_in.sizes() == w_in.sizes() && grad_in.scalar_type() == w_in.scalar_type() &&
                   grad_in.device() == w_in.device(),
               "qat fake_quant: the gradient must match w in shape, dtype and device");
-  const Params p = make_params(params);
   const c10::cuda::CUDAGuard guard(w_in.device());
   const at::Tensor w = w_in.contiguous();
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor scale = scale_in.to(at::kFloat).contiguous();
+  if (family >= kFirstFloatFamily) {
+    return float_backward(grad, w, scale, scale_in, family, params,
+                          c10::cuda::getCurrentCUDAStream());
+  }
+  const Params p = make_params(params);
   at::Tensor grad_w = at::empty(w.sizes(), w.options());
   // Computed in fp32 and cast to the scale's dtype at the end, as the reference does. Every
   // row is written by the kernel, except for a weight with no columns, whose sums are 0.

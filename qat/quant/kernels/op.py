@@ -19,14 +19,35 @@ from qat.quant.kernels.build import extension, find_nvcc
 from qat.quant.reference import _clip_bounds
 
 FAMILY_CODES = {"binary": 0, "seq": 1, "lsq": 2}  # the Family enum of fake_quant.cu
+# The FloatKind enum of float_math.cuh, by block-scale encoding (None: a plain minifloat).
+FLOAT_KIND_CODES = {None: 3, "e8m0": 4, "e4m3_per_tensor": 5}
 DTYPES = (torch.float32, torch.bfloat16)
 # Looked up once: torch.compile traces cuda_available, and a module constant is something it
 # can guard on, where a file-system search is not.
 NVCC_FOUND = find_nvcc() is not None
 
 
+def family_code(fmt: QuantFormat) -> int:
+    """The kernel's family code: FAMILY_CODES for the integer family, FLOAT_KIND_CODES for a
+    float format (by how its blocks are scaled)."""
+    if fmt.element is None:
+        return FAMILY_CODES[fmt.family]
+    return FLOAT_KIND_CODES[fmt.blocks.scale if fmt.blocks is not None else None]
+
+
 def format_params(fmt: QuantFormat) -> list[float]:
-    """The kernel's parameters [n, shift, qn, qp, lo, hi, eps] for one format."""
+    """The kernel's parameters for one format: [n, shift, qn, qp, lo, hi, eps] for the integer
+    family, [man_bits, min_normal_exp, max_normal, block_size (0: none), eps] for a float one."""
+    element = fmt.element
+    if element is not None:
+        block = fmt.blocks.block_size if fmt.blocks is not None else 0
+        return [
+            float(element.man_bits),
+            float(element.min_normal_exp),
+            element.max_normal,
+            float(block),
+            SCALE_EPS,
+        ]
     lo, hi = _clip_bounds(fmt)
     return [fmt.n_levels or 0.0, fmt.shift, fmt.qn, fmt.qp, lo, hi, SCALE_EPS]
 
@@ -81,7 +102,7 @@ fake_quant_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def cuda_fake_quant(w: Tensor, scale: Tensor, fmt: QuantFormat) -> Tensor:
     """The "cuda" backend of qat.quant.fake_quant."""
-    return fake_quant_fwd(w, scale, FAMILY_CODES[fmt.family], format_params(fmt))
+    return fake_quant_fwd(w, scale, family_code(fmt), format_params(fmt))
 
 
 def cuda_available(w: Tensor) -> bool:
