@@ -128,6 +128,5 @@ def _nv_tensor_scale(u: Tensor, enc: ElementEncoding) -> Tensor:
     """NVFP4's per-tensor scale s_t = amax(u)/(max_elem · 448), as qat.quant.block_scaled has
     it (1 for an all-zero tensor)."""
     tensor_amax = u.abs().amax()
-    return torch.where(
-        tensor_amax > 0, tensor_amax / (enc.max_normal * FP8_E4M3.max_normal), 1.0
-    ).float()
+    denominator = tensor_amax.new_tensor(enc.max_normal * FP8_E4M3.max_normal)
+    return torch.where(tensor_amax > 0, tensor_amax / denominator, 1.0).float()

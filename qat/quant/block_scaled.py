@@ -74,9 +74,10 @@ def block_scales(u: Tensor, enc: ElementEncoding, blocks: BlockScaling) -> Tenso
         scale = torch.ldexp(torch.ones_like(amax), shared.to(amax.dtype))
     else:
         tensor_amax = u.abs().amax()
-        per_tensor = torch.where(
-            tensor_amax > 0, tensor_amax / (enc.max_normal * FP8_E4M3.max_normal), 1.0
-        )
+        # Divided by a tensor: torch on CUDA turns a division by a Python number into a
+        # multiply by its rounded reciprocal, which would make s_t differ from the CPU's by an ulp.
+        denominator = tensor_amax.new_tensor(enc.max_normal * FP8_E4M3.max_normal)
+        per_tensor = torch.where(tensor_amax > 0, tensor_amax / denominator, 1.0)
         scale = per_tensor * round_to_grid(amax / (enc.max_normal * per_tensor), FP8_E4M3)
     expanded = scale.expand(rows, amax.shape[1], blocks.block_size)
     return expanded.reshape(rows, -1)[:, :cols]

@@ -88,7 +88,7 @@ int by_kind(int64_t kind, Fn&& fn) {
 // as torch does on the CPU, which these results are compared with.
 extern "C" int harness_forward(int64_t kind, const float* w, const float* scale, int64_t rows,
                                int64_t cols, const double* params, float* out) {
-  const FloatParams p = float_params(params, /*nv_by_reciprocal=*/false);
+  const FloatParams p = float_params(params);
   const float per_tensor =
       kind == kNv ? nv_per_tensor(weight_amax(w, scale, rows, cols, p.eps), p) : 1.f;
   return by_kind(kind, [&](auto k) {
@@ -99,7 +99,7 @@ extern "C" int harness_forward(int64_t kind, const float* w, const float* scale,
 extern "C" int harness_backward(int64_t kind, const float* grad, const float* w,
                                 const float* scale, int64_t rows, int64_t cols,
                                 const double* params, float* grad_w, float* grad_scale) {
-  const FloatParams p = float_params(params, /*nv_by_reciprocal=*/false);
+  const FloatParams p = float_params(params);
   const float per_tensor =
       kind == kNv ? nv_per_tensor(weight_amax(w, scale, rows, cols, p.eps), p) : 1.f;
   const float grad_factor =

@@ -41,28 +41,22 @@ struct FloatParams {
   ElementSpec element;
   int emax;              // MX: floor(log2(max_normal)), the element's top exponent (2 for e2m1)
   float eps;             // the per-channel scale α is clamped to at least this
-  float nv_denominator;  // NV: max_normal·448; s_t = amax(tensor)/nv_denominator
-  float nv_inverse;      // RN(1/nv_denominator)
-  // On CUDA, torch divides a tensor by a Python number as a multiply by the number's fp32
-  // reciprocal, and the reference's s_t = amax/(6·448) is such a division: the kernel
-  // multiplies too (true). On the CPU torch divides (false: the CPU harness).
-  bool nv_by_reciprocal;
+  float nv_denominator;  // NV: max_normal·448; s_t = amax(tensor)/nv_denominator, a true
+                         // division (the reference divides by a tensor: no reciprocal on CUDA)
 };
 
 // The parameters [man_bits, min_normal_exp, max_normal, block_size, eps] of
 // qat.quant.kernels.op.format_params for a float format.
-inline FloatParams float_params(const double* v, bool nv_by_reciprocal) {
+inline FloatParams float_params(const double* v) {
   const float max_normal = static_cast<float>(v[2]);
   int exponent = 0;
   std::frexp(v[2], &exponent);  // max_normal = m·2^exponent, m in [0.5, 1)
-  // Python computes max_normal·448 in double; torch converts it to float and takes 1.0f/that.
+  // Python computes max_normal·448 in double; torch converts it to float.
   const float denominator = static_cast<float>(v[2] * 448.0);
   return FloatParams{ElementSpec{static_cast<int>(v[0]), static_cast<int>(v[1]), max_normal},
                      exponent - 1,
                      static_cast<float>(v[4]),
-                     denominator,
-                     1.0f / denominator,
-                     nv_by_reciprocal};
+                     denominator};
 }
 
 QAT_FLOAT_MATH uint32_t float_bits(float x) {
@@ -175,8 +169,7 @@ QAT_FLOAT_MATH float group_amax(const float (&u)[G]) {
 // NV's per-tensor scale s_t from the largest |u| of the whole weight; 1 for an all-zero weight.
 QAT_FLOAT_MATH float nv_per_tensor(float tensor_amax, const FloatParams& p) {
   if (!(tensor_amax > 0.f)) return 1.f;
-  return p.nv_by_reciprocal ? mul_rn(tensor_amax, p.nv_inverse)
-                            : div_rn(tensor_amax, p.nv_denominator);
+  return div_rn(tensor_amax, p.nv_denominator);
 }
 
 // A group's block scale s (1 for a plain minifloat), and for MX its exact inverse. For NV, s is

@@ -236,7 +236,7 @@ FloatParams make_float_params(int64_t kind, const std::vector<double>& v) {
   const int64_t expected = kind == kMx ? kMxBlock : (kind == kNv ? kNvBlock : 0);
   TORCH_CHECK(block == expected, "qat fake_quant: float family ", kind, " needs block_size ",
               expected, ", got ", block);
-  return float_params(v.data(), /*nv_by_reciprocal=*/true);
+  return float_params(v.data());
 }
 
 template <typename Fn>
