@@ -33,6 +33,7 @@ help:  ## list the targets, then the commands that have none
 	@echo "  python -m qat.data.prepare             the corpus and tokenizer alone"
 	@echo "  python -m qat.export RUN --out DIR     a finished cell's quantized model"
 	@echo "  python -m qat.generate DIR --prompt .. text from an exported model"
+	@echo "  python -m qat.merge_runs SRC.. --into DST --experiment E   finished cells of several stores in one"
 
 setup: $(STAMP)  ## create .venv and install everything (a CPU torch only if none is installed)
 

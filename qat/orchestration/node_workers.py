@@ -39,7 +39,7 @@ class Outcome:
 
 def sweep_params(overrides: list[str]) -> dict[str, list[str]]:
     """The sweep's keys and values: the grid file's hydra.sweeper.params, then the command line's
-    comma lists (which win), in the order Hydra sweeps them."""
+    values of any key (a comma list or one value, which win), in the order Hydra sweeps them."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -53,8 +53,11 @@ def sweep_params(overrides: list[str]) -> dict[str, list[str]]:
         hydra_cfg = compose("config", overrides=fixed, return_hydra_config=True)
     params = {k: str(v) for k, v in (hydra_cfg.hydra.sweeper.get("params") or {}).items()}
     for override in parsed:
-        if override.is_sweep_override():
-            params[override.get_key_element()] = cast(str, override.input_line).split("=", 1)[1]
+        key = override.get_key_element()
+        # One value on the command line narrows the grid file's sweep of that key, as Hydra
+        # does when it expands the cells: `grid=repro model=mini-s` is mini-s's cells only.
+        if override.is_sweep_override() or key in params:
+            params[key] = cast(str, override.input_line).split("=", 1)[1]
     return {key: [v.strip() for v in value.split(",")] for key, value in params.items()}
 
 

@@ -108,3 +108,24 @@ def test_errors_are_hydras_and_the_configs():
         expand_grid(["grid=smoke", "no_such_key=1,2"])
     with pytest.raises(ConfigError, match="bits"):
         expand_grid(["grid=smoke", "bits=2,5"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "models"),
+    [
+        (["grid=repro", "model=mini-s", "tokens_per_param=20,80"], ["mini-s"]),
+        (["grid=repro", "model=mini-xs,mini-s"], ["mini-xs", "mini-s"]),
+        (["grid=repro"], ["mini-xs", "mini-s"]),
+    ],
+)
+def test_node_grid_sub_grids_cover_exactly_the_cells_of_the_command_line(overrides, models):
+    """One value on the command line narrows the grid file's sweep of that key: node_grid's
+    sub-grids must not bring back the values it removed (they trained other models' cells)."""
+    from qat.orchestration.node_workers import sub_grids, sweep_params
+
+    params = sweep_params(overrides)
+    grids = sub_grids(params, ["model", "seed"])
+    assert grids == [[f"model={model}"] for model in models]
+    cells = {c.run_key for c in expand_grid(overrides)}
+    from_sub_grids = {c.run_key for grid in grids for c in expand_grid([*overrides, *grid])}
+    assert from_sub_grids == cells

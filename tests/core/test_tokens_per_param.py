@@ -95,3 +95,21 @@ def test_a_sweep_gives_each_size_its_own_budgets_keys_and_trunks():
     steps = cells[0].data.seq_len * cells[0].data.batch_size
     assert abs(naive - sum(c.tokens for c in cells)) <= len(cells) * steps  # rounded to steps
     assert {c.tokens_per_param for c in cells} == {20.0, 80.0}
+
+
+def test_budgets_written_in_tokens_per_parameter_share_one_pack_and_trunk():
+    """A pack's members may differ in budget, however it was written: a (model, seed) sweep over
+    tokens_per_param is one pack with one trunk, not a pack (and a trunk trained again) per ratio.
+    """
+    from qat.engine.packed import plan_members
+    from qat.orchestration.grid import expand_grid
+    from qat.orchestration.packs import group_packs
+
+    cells = expand_grid(
+        ["model=nano", "trainer=packed", "tokens_per_param=20,80", "bits=4", "qat_frac=0.2,0.5"]
+    )
+    assert len({cell.tokens for cell in cells}) == 2
+    (pack,) = group_packs(cells, lambda config: None)
+    assert sorted(cell.run_key for cell in pack) == sorted(cell.run_key for cell in cells)
+    (lineage,) = plan_members(cells)
+    assert len(lineage.members) == len(cells)

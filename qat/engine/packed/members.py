@@ -50,7 +50,8 @@ def pack_shape(config: RunConfig) -> dict:
     optimizer and one device. Bits, number format, fraction, fusion, budget, seed, schedule and
     peak learning rate and the reset of the Adam moments at the QAT switch may differ."""
     tree = config.to_dict()
-    for key in ("bits", "qat_frac", "tokens", "fusion", "seed", "schedule"):
+    # tokens_per_param is the budget as the user wrote it (tokens holds it resolved).
+    for key in ("bits", "qat_frac", "tokens", "tokens_per_param", "fusion", "seed", "schedule"):
         tree.pop(key)
     tree["quant"].pop("format")  # each format is its own slice of the stacked weights
     tree["data"].pop("cache_dir")
