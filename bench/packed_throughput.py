@@ -5,10 +5,12 @@ mixed, as mid-grid), at each K: cell-tokens/s (K × tokens per step / step time,
 windows of back-to-back steps), peak GPU memory, and the top CUDA kernels of one profiled step
 at the largest K.
 
-``grid``: one set of cells (mini-s and mini-l shapes, a few budgets and bit widths) trained
-(a) by ``python -m qat.node_grid`` as today (trainer=torch, 8 workers) and (b) packed
-(trainer=packed, one worker), each into its own MLflow store: cell-tokens/s = the tokens of
-the cells FINISHED / wall time of the command.
+``grid``: one set of cells trained (a) by ``python -m qat.node_grid`` as today (trainer=torch,
+8 workers, FP trunks shared through the trunk store) and (b) packed (trainer=packed, one
+worker), each into its own MLflow store: cell-tokens/s = the tokens of the cells FINISHED /
+wall time of the command. The cells are one sub-grid as the repro grid has them: per model, one
+budget (16M tokens, 20 tokens per parameter of mini-s), FP and bits 1/2/4/6 at 8 QAT fractions
+(33 cells).
 
     python bench/packed_throughput.py step --out bench/results/packed_step.json
     python bench/packed_throughput.py grid --out bench/results/packed_grid.json
@@ -33,12 +35,13 @@ sys.path.insert(0, str(REPO))
 
 SHAPE_OVERRIDES = ["data=bundled-large", "data.seq_len=256", "data.batch_size=64"]
 GRID_CELLS = {
-    "model": "mini-s,mini-l",
-    "tokens": "5M,16M",
-    "bits": "16,2,4",
-    "qat_frac": "0.2,0.5",
+    "tokens": "16M",
+    "bits": "16,1,2,4,6",
+    "qat_frac": "0.05,0.1,0.2,0.35,0.5,0.65,0.8,0.9",
     "fusion": "false",
 }
+STEP_MODELS = ["mini-s", "mini-l"]
+GRID_MODELS = ["mini-s"]
 
 
 def _member_configs(model: str, members: int, extra: list[str]) -> list:
@@ -136,7 +139,7 @@ def profile_step(trainer, count: int = 15) -> list[dict]:
 def run_step(args: argparse.Namespace) -> dict:
     results = []
     last = None
-    for model in args.models:
+    for model in args.models or STEP_MODELS:
         for members in args.members:
             torch.cuda.empty_cache()
             try:
@@ -153,13 +156,14 @@ def run_step(args: argparse.Namespace) -> dict:
     return {"step": results, "profile": profile}
 
 
-def _node_grid(workdir: Path, extra: list[str], deadline: float) -> dict:
+def _node_grid(workdir: Path, models: list[str], extra: list[str], deadline: float) -> dict:
     env = dict(
         os.environ,
         QAT_RUN_DIR=str(workdir / "runs"),
         MLFLOW_TRACKING_URI=f"sqlite:///{workdir}/mlflow.db",
     )
-    sweep = [f"{key}={value}" for key, value in GRID_CELLS.items()]
+    sweep = [f"model={','.join(models)}"]
+    sweep += [f"{key}={value}" for key, value in GRID_CELLS.items()]
     command = [
         sys.executable,
         "-m",
@@ -202,9 +206,12 @@ def run_grid(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="packed-bench-"))
     # compiled: the packed step's element-wise parts fused (eager is about half the speed)
     packed_overrides = ["trainer=packed", "trainer.compile=true", *args.extra]
-    packed = _node_grid(root / "packed", packed_overrides, args.deadline)
+    models = args.models or GRID_MODELS
+    packed = _node_grid(root / "packed", models, packed_overrides, args.deadline)
     print("packed", packed, flush=True)
-    today = _node_grid(root / "torch", ["--workers-per-gpu", "8", *args.extra], args.deadline)
+    today = _node_grid(
+        root / "torch", models, ["--workers-per-gpu", "8", *args.extra], args.deadline
+    )
     print("node_grid", today, flush=True)
     return {
         "packed": packed,
@@ -217,7 +224,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("step", "grid"))
     parser.add_argument("--out", required=True)
-    parser.add_argument("--models", nargs="+", default=["mini-s", "mini-l"])
+    parser.add_argument(
+        "--models", nargs="+", help=f"step: default {STEP_MODELS}; grid: default {GRID_MODELS}"
+    )
     parser.add_argument("--members", nargs="+", type=int, default=[1, 4, 16, 32, 64])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--deadline", type=float, default=280.0, help="seconds per side")
