@@ -27,6 +27,7 @@ COMMANDS = {
     "qat.report",
     "qat.generate",
     "qat.export.__main__",
+    "qat.merge_runs",
 }
 
 
