@@ -36,6 +36,7 @@ from qat.tracking_schema import (
     TOKENS_FP,
     TOKENS_QAT,
     TOKENS_TOTAL,
+    TRAIN_SPLIT_TOKENS,
     TRUNK_KEY_TAG,
     WORLD_SIZE,
 )
@@ -256,7 +257,9 @@ def _log_setup(
     provenance: dict[str, str],
 ) -> None:
     counts = (trainer.n_params, trainer.n_params_total)
-    log_setup(tracker, run_id, trainer.config, counts, trainer.backend.world_size, provenance)
+    world_size = trainer.backend.world_size
+    train_tokens = trainer.data.n_train_tokens
+    log_setup(tracker, run_id, trainer.config, counts, world_size, provenance, train_tokens)
 
 
 def log_setup(
@@ -266,8 +269,10 @@ def log_setup(
     counts: tuple[int, int],
     world_size: int,
     provenance: dict[str, str],
+    train_split_tokens: int,
 ) -> None:
-    """A cell's params (the flattened config, the law's counts, provenance) and config.yaml."""
+    """A cell's params (the flattened config, the law's counts, the train split's size,
+    provenance) and config.yaml."""
     import yaml
 
     tokens_fp, tokens_qat, tokens_total = law_tokens(config)
@@ -281,6 +286,7 @@ def log_setup(
             TOKENS_QAT: tokens_qat,
             TOKENS_TOTAL: tokens_total,
             WORLD_SIZE: world_size,
+            TRAIN_SPLIT_TOKENS: train_split_tokens,
             **provenance,
         }
     )

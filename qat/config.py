@@ -74,6 +74,9 @@ class DataConfig:
     batch_size: int = 32
     eval_tokens: int = 65536
     cache_dir: str | None = None  # where shards live; not part of the run key
+    # Train on the leading fraction of the train split only (validation unchanged): what
+    # repeating the data more often does to a cell. At 1.0 it stays out of the run key.
+    train_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ class RunConfig:
         _require(d.seq_len > 0, f"data.seq_len={d.seq_len} > 0")
         _require(d.batch_size > 0, f"data.batch_size={d.batch_size} > 0")
         _require(d.eval_tokens >= d.seq_len, f"data.eval_tokens={d.eval_tokens} >= data.seq_len")
+        _require(0.0 < d.train_fraction <= 1.0, f"data.train_fraction={d.train_fraction} in (0, 1]")
         tokens_per_step = d.seq_len * d.batch_size
         budget = f"tokens={self.tokens}"
         if self.tokens_per_param is not None:
@@ -332,13 +336,11 @@ class RunConfig:
 
     def science(self) -> dict[str, Any]:
         """Everything that changes the result, and nothing else (the run key's input)."""
-        data = dataclasses.asdict(self.data)
-        data.pop("cache_dir")
         quant = dataclasses.asdict(self.quant)
         quant.pop("kernel")
         return {
             "model": dataclasses.asdict(self.model),
-            "data": data,
+            "data": data_science(self.data),
             "quant": self._keyed("quant", quant) if not self.is_fp_only else None,
             "schedule": self._keyed("schedule", dataclasses.asdict(self.schedule)),
             "optim": self._keyed("optim", dataclasses.asdict(self.optim)),
@@ -383,6 +385,16 @@ SECTIONS: dict[str, type] = {
     "tracking": TrackingConfig,
     "init": InitConfig,
 }
+
+
+def data_science(data: DataConfig) -> dict[str, Any]:
+    """The data settings that change a result: all but where the shards live, and the train
+    fraction only below 1.0 (so every key recorded before it existed stays as it was)."""
+    values = dataclasses.asdict(data)
+    values.pop("cache_dir")
+    if values["train_fraction"] == 1.0:
+        values.pop("train_fraction")
+    return values
 
 
 def run_key(science: dict[str, Any]) -> str:

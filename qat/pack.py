@@ -53,9 +53,10 @@ def pack_dir(configs: list[RunConfig]) -> Path:
 class _TrackedMembers:
     """The pack's MemberEvents: each member's MLflow run, metrics.jsonl and claim."""
 
-    def __init__(self, tracker: Tracker, outcome: PackOutcome) -> None:
+    def __init__(self, tracker: Tracker, outcome: PackOutcome, train_split_tokens: int) -> None:
         self.tracker = tracker
         self.outcome = outcome
+        self.train_split_tokens = train_split_tokens
         self.run_ids: dict[str, str] = {}
         self.sinks: dict[str, list[MetricSink]] = {}
         self.claims: dict[str, Claim] = {}
@@ -76,7 +77,7 @@ class _TrackedMembers:
         id_file.write_text(run_id)
         self.run_ids[key] = run_id
         self.configs[key] = config
-        log_setup(self.tracker, run_id, config, counts, 1, provenance)
+        log_setup(self.tracker, run_id, config, counts, 1, provenance, self.train_split_tokens)
         self.tracker.set_tag(run_id, PACK_KEY_TAG, key_of_pack)
         self.sinks[key] = [MlflowSink(self.tracker, run_id), JsonlSink(run_dir / "metrics.jsonl")]
 
@@ -154,7 +155,7 @@ def run_pack(configs: list[RunConfig]) -> PackOutcome:
     data = load_data(first)
     provenance = {PRECISION: effective_precision(first, device), DATA_FINGERPRINT: data.fingerprint}
     outcome = PackOutcome()
-    members = _TrackedMembers(tracker, outcome)
+    members = _TrackedMembers(tracker, outcome, data.n_train_tokens)
     skip: set[str] = set()
     for config in configs:
         finished = finished_result(config, tracker, provenance)

@@ -207,12 +207,14 @@ def run_name(config: RunConfig) -> str:
 
 
 def data_label(config: RunConfig) -> str:
-    """The corpus and vocabulary in a few characters: bundled-v2048, mytexts-v8192."""
+    """The corpus and vocabulary in a few characters: bundled-v2048, mytexts-v8192; a train
+    fraction below 1 follows: bundled-v2048-train0.5."""
     source = config.data.source
     if source.startswith("hf:"):
         source = source[len("hf:") :].split(":")[0]
     name = Path(source.rstrip("/")).name or source
-    return f"{name}-v{config.data.vocab_size}"
+    fraction = config.data.train_fraction
+    return f"{name}-v{config.data.vocab_size}" + (f"-train{fraction:g}" if fraction < 1 else "")
 
 
 def ensure_store(uri: str) -> None:

@@ -45,6 +45,9 @@ TOKENS_FP = "tokens_fp"
 TOKENS_QAT = "tokens_qat"
 TOKENS_TOTAL = "tokens_total"
 DATA_FINGERPRINT = "data_fingerprint"  # tokenizer + shards actually trained on
+# Tokens of the prepared train split (all of it, whatever data.train_fraction reads): a budget
+# over train_fraction × this is the number of passes over the data (analysis.collect: epochs).
+TRAIN_SPLIT_TOKENS = "data_train_tokens"
 PRECISION = "precision"  # fp32 or bf16: trainer.precision as resolved on the device
 WORLD_SIZE = "world_size"
 BITS = "bits"

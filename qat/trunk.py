@@ -6,20 +6,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from qat.config import RunConfig, run_key
+from qat.config import RunConfig, data_science, run_key
 from qat.schedule import LrSchedule, plan_phases, warmup_steps
 
 
 def trunk_science(config: RunConfig) -> dict:
     """What shapes the stable FP phase: the trunk key's input."""
-    data = asdict(config.data)
-    data.pop("cache_dir")
     optim = asdict(config.optim)
     optim.pop("qat_reset_moments")  # acts at the QAT switch, after the branch point
     tokens_per_step = config.data.batch_size * config.data.seq_len
     return {
         "model": asdict(config.model),
-        "data": data,
+        "data": data_science(config.data),
         "optim": optim,
         "warmup_steps": warmup_steps(config.schedule, tokens_per_step),
         "seed": config.seed,

@@ -11,8 +11,12 @@ endless stream, and batch ``k`` is stream entries ``[k * batch_size, (k + 1) * b
 a batch that reaches the end of an epoch is completed from the start of the next one (and may
 then hold a window twice), and no window is ever skipped. The cursor is the pair (epoch,
 position in that epoch's permutation) of the next stream entry.
+
+``fraction`` < 1 trains on the shard's first ``floor(fraction * n_tokens)`` tokens only: the
+windows are those of that prefix, so no token after it is ever read.
 """
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -27,13 +31,13 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 _COUNT_CHUNK = 1 << 24
 
 
-def _n_windows(tokens: np.ndarray, seq_len: int, path: Path) -> int:
+def _n_windows(tokens: np.ndarray, seq_len: int, path: Path, what: str = "") -> int:
     if seq_len < 1:
         raise DataError(f"seq_len {seq_len} is out of range; allowed >= 1")
     n_windows = (len(tokens) - 1) // seq_len
     if n_windows < 1:
         raise DataError(
-            f"shard {path} has {len(tokens)} tokens, fewer than one window of "
+            f"shard {path}{what} has {len(tokens)} tokens, fewer than one window of "
             f"seq_len + 1 = {seq_len + 1}"
         )
     return n_windows
@@ -64,11 +68,17 @@ class TokenLoader:
         seq_len: int,
         seed: int,
         vocab_size: int | None = None,
+        fraction: float = 1.0,
     ) -> None:
         _check_batch_size(batch_size)
+        if not 0.0 < fraction <= 1.0:
+            raise DataError(f"fraction {fraction} is out of range; allowed (0, 1]")
         self.path = Path(train_shard_path)
-        self.tokens = read_shard(self.path, expected_vocab_size=vocab_size)
-        self.n_windows = _n_windows(self.tokens, seq_len, self.path)
+        tokens = read_shard(self.path, expected_vocab_size=vocab_size)
+        # A view of the memory map: the rest of the shard is never touched.
+        self.tokens = tokens if fraction == 1.0 else tokens[: math.floor(fraction * len(tokens))]
+        what = "" if fraction == 1.0 else f" (its first {fraction:g})"
+        self.n_windows = _n_windows(self.tokens, seq_len, self.path, what)
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.seed = seed

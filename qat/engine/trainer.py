@@ -91,7 +91,11 @@ class Trainer:
         if backend.fixed_parameters and self.plan.quantized:
             self.switch.convert(self.model, optimizer, active=False)
         self.loader = TokenLoader(
-            data.train_path, config.data.batch_size, config.data.seq_len, config.seed
+            data.train_path,
+            config.data.batch_size,
+            config.data.seq_len,
+            config.seed,
+            fraction=config.data.train_fraction,
         )
         self.state = TrainState()
         self._refuse_compiled_reference()

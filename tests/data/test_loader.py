@@ -142,3 +142,23 @@ def test_unigram_entropy(tmp_path: Path) -> None:
     assert unigram_entropy(tmp_path / "u.bin") == pytest.approx(math.log(256))
     write_shard(tmp_path / "c.bin", np.full(10, 3), 8)
     assert unigram_entropy(tmp_path / "c.bin") == 0.0
+
+
+def test_a_fraction_reads_the_leading_part_only(shards: dict[int, Path]) -> None:
+    # 1001 tokens at 0.5: the first 500, so windows 0..48 of seq_len 10 (the last ends on 490).
+    half = TokenLoader(shards[1001], batch_size=7, seq_len=10, seed=3, fraction=0.5)
+    assert half.n_windows == 49
+    read = torch.cat([half.next_batch()[1] for _ in range(30)])  # targets: the last token read
+    assert int(read.max()) < 500
+    assert sorted(set((read[:, 0] - 1).div(10, rounding_mode="floor").tolist())) == list(range(49))
+    full = TokenLoader(shards[1001], batch_size=7, seq_len=10, seed=3)
+    assert int(torch.cat([full.next_batch()[1] for _ in range(30)]).max()) >= 500
+    assert half.epochs_for(2000) == 2000 / 490
+
+
+def test_a_fraction_out_of_range_or_too_small_is_refused(shards: dict[int, Path]) -> None:
+    for bad in (0.0, 1.5):
+        with pytest.raises(DataError, match=r"fraction .* out of range; allowed \(0, 1\]"):
+            TokenLoader(shards[100], 2, 8, seed=0, fraction=bad)
+    with pytest.raises(DataError, match=r"\(its first 0.05\) has 5 tokens, fewer than one window"):
+        TokenLoader(shards[100], 2, 8, seed=0, fraction=0.05)

@@ -22,6 +22,7 @@ SMALL = (f"data.vocab_size={VOCAB}", "data.batch_size=4", "data.seq_len=32", "to
         ("qat_frac=1.2", "qat_frac=1.2 must be in [0, 1)"),
         ("tokens=-1", "tokens=-1 must be a positive number of tokens"),
         ("optim.lr=-3", "optim.lr=-3.0 > 0"),
+        ("data.train_fraction=0", "data.train_fraction=0.0 in (0, 1]"),
     ],
 )
 def test_config_out_of_range(tmp_path, data_root, override, message):

@@ -143,8 +143,16 @@ class PackedTrainer:
         self.optimizer = PackedAdamW(
             self.flats, self.layout, config.optim, config.quant.scale_lr_mult
         )
+        # One data stream per seed; the train fraction is the pack's (qat.engine.packed.members
+        # .pack_shape: it is part of the data every member shares).
         self.loaders = {
-            seed: TokenLoader(data.train_path, config.data.batch_size, config.data.seq_len, seed)
+            seed: TokenLoader(
+                data.train_path,
+                config.data.batch_size,
+                config.data.seq_len,
+                seed,
+                fraction=config.data.train_fraction,
+            )
             for seed in sorted({lineage.seed for lineage in lineages})
         }
         self.window = torch.zeros(len(self.rows), device=device)
