@@ -163,3 +163,52 @@ def test_export_cli_round_trips_an_mlflow_experiment(mlflow_store, tmp_path):
     np.testing.assert_allclose(q.qat_frac, q.D_qat / q.D_total, rtol=1e-6)
     assert (back.qat_frac[back.B >= 16] == 0).all()
     assert main(["--experiment", "nope", "--out", str(out)]) == 2
+
+
+def _log_cell(client, exp, tokens, params, train_loss=()):
+    """A FINISHED run with the data params a cell logs (strings) and its train/loss points."""
+    from mlflow.entities import Metric, Param
+
+    run = client.create_run(exp, tags={"run_key": f"k{len(params)}-{tokens}"})
+    base = {"bits": "4.0", "qat_frac": "0.5", "n_params": "1000", "seed": "0"}
+    base |= {"tokens_fp": str(tokens // 2), "tokens_qat": str(tokens // 2), "fusion": "False"}
+    metrics = [Metric("final/val_loss", 3.5, 0, tokens)]
+    metrics += [Metric("train/loss", value, 0, step) for step, value in train_loss]
+    client.log_batch(
+        run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in (base | params).items()]
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def test_repetition_columns_from_mlflow(mlflow_store):
+    """train_fraction, the last train/loss point, and epochs over the split's tokens: a run's
+    own, or for a run logged before that param, another run's of the same data fingerprint."""
+    client = MlflowClient(mlflow_store)
+    exp = client.create_experiment("repetition")
+    curve = [(1000, 5.0), (3000, 3.2), (4000, 3.0), (2000, 4.0)]  # logged out of order
+    half = _log_cell(
+        client,
+        exp,
+        4000,
+        {"data.train_fraction": "0.5", "data_train_tokens": "1000", "data_fingerprint": "aa"},
+        curve,
+    )
+    old = _log_cell(client, exp, 2000, {"data_fingerprint": "aa"}, [(2000, 3.7)])
+    other = _log_cell(client, exp, 2000, {"data_fingerprint": "bb"})
+    runs = from_mlflow("repetition", mlflow_store).set_index("run_id")
+    assert runs.train_fraction.to_dict() == {half: 0.5, old: 1.0, other: 1.0}
+    assert runs.train_loss[half] == 3.0 and runs.train_loss[old] == 3.7
+    assert np.isnan(runs.train_loss[other])  # no train/loss points
+    assert runs.epochs[half] == 4000 / (1000 * 0.5)
+    assert runs.epochs[old] == 2000 / 1000  # the split's size from the same fingerprint
+    assert np.isnan(runs.epochs[other])  # no run of that data recorded it
+    assert "data_fingerprint" not in runs.columns
+
+
+def test_tables_collected_before_the_repetition_columns_still_load():
+    from tests.analysis.helpers import REPO
+
+    for name in ("mini", "repro"):
+        runs = read_table(REPO / "results" / name / "runs.csv")
+        assert len(runs) > 100 and "train_loss" not in runs.columns
