@@ -11,8 +11,13 @@ tolerated) it writes, all from library code:
   predictor constant a (`analysis.optima`), seed noise against fraction gaps
   (`analysis.seed_noise`), the tokens fraction 0.1 wastes and fused against classic
   (`analysis.grid_stats`, `analysis.fusion_stats`), best bit width under a memory budget, the
-  QAT–FP crossover and the law's trend at the paper's sizes (`analysis.advice`);
+  QAT–FP crossover and the law's trend at the paper's sizes (`analysis.advice`), and what
+  repeating the data does (`analysis.repetition`: the train–validation gap against epochs, runs
+  on part of the train split against their full-data cells);
 - DIR/plots/*.png.
+
+Runs on part of the train split (`train_fraction` < 1) enter the data-repetition section only:
+every other statistic, the law's fit first, is of the runs on the whole split.
 
 Every random draw is seeded and the figures carry no timestamps, so the same runs file and
 options give the same bytes.
@@ -48,6 +53,7 @@ from analysis.grid_stats import (
 from analysis.law import FittedLaw, bits_key
 from analysis.optima import CellOptima, cell_optima, optimum_trend, subset
 from analysis.predict import law_optima, wasted_tokens_table
+from analysis.repetition import repetition
 from analysis.repro_md import plain, render_markdown
 from analysis.seed_noise import seed_noise
 
@@ -60,6 +66,19 @@ MINI_RUNS = Path("results/mini/runs.csv")
 def default_runs(root: Path = Path(".")) -> Path:
     """The reproduction grid's runs once they exist, else the mini grid's (the low-S end)."""
     return root / (REPRO_RUNS if (root / REPRO_RUNS).is_file() else MINI_RUNS)
+
+
+def whole_split(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs trained on the whole train split (all of a table without train_fraction)."""
+    if "train_fraction" not in runs.columns:
+        return runs
+    return runs[pd.to_numeric(runs.train_fraction) >= 1.0]
+
+
+def repetition_section(runs: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """What repeating the data does, from every run of the table."""
+    kept_out = len(runs) - len(whole_split(runs))
+    return {"part_of_split_runs": kept_out, **repetition(runs, seed=seed)}
 
 
 def _guard(what: Callable[[], Any]) -> Any:
@@ -166,7 +185,8 @@ def run(
     progress: bool = False,
 ) -> dict[str, Any]:
     """The report of `runs_file` into `out`; returns the summary."""
-    runs = read_table(runs_file)
+    every_run = read_table(runs_file)
+    runs = whole_split(every_run)
     if qat_rows(runs, False).empty:
         raise AnalysisError(
             f"runs file {str(runs_file)!r} has no classic QAT runs (B < 16, D_fp > 0, D_qat > 0, "
@@ -175,7 +195,9 @@ def run(
     kw: dict[str, Any] = {"starts": starts, "fp_starts": fp_starts, "workers": workers}
     result = fit_anchored(runs, bootstrap=bootstrap, seed=seed, progress=progress, **kw)
     source = f"file:{runs_file}"
-    summary = plain(summarize(runs, result, source, seed=seed, **kw))
+    summary = summarize(runs, result, source, seed=seed, **kw)
+    summary["data_repetition"] = repetition_section(every_run, seed)
+    summary = plain(summary)
     out.mkdir(parents=True, exist_ok=True)
     result.law.save(out / "law.json")
     result.qat.residuals.to_csv(out / "residuals.csv", index=False, float_format="%.10g")

@@ -264,6 +264,106 @@ def md_advice(a: dict[str, Any]) -> list[str]:
     ]
 
 
+def md_repetition(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 7. Data repetition",
+        "",
+        f"Runs on part of the train split (train_fraction < 1): {r['part_of_split_runs']}, kept "
+        "out of sections 1–6 and compared here only.",
+        "",
+        "### The train–validation gap against epochs",
+        "",
+    ]
+    trend = r["gap_trend"]
+    if not trend.get("available", True):
+        lines += [f"Not available: {trend['why']}.", ""]
+    else:
+        lines += [
+            "gap = validation loss − training loss, both at the end of a run. It has an offset at "
+            "any number of epochs (the validation documents are others); what repeating the data "
+            "adds is its growth with the passes over the data. Slope: per doubling of epochs, "
+            "within families of runs that differ only in budget and data fraction; 95% interval "
+            f"from {trend['bootstrap']} resamples of the families.",
+            "",
+            *table(
+                ["model", "N", "runs", "epochs", "gap slope per doubling [95%]", "verdict"],
+                [
+                    [
+                        s["model"] or "–",
+                        f"{s['N']:.3g}",
+                        str(s["runs"]),
+                        f"{s['epochs_min']:.3g}–{s['epochs_max']:.3g}",
+                        f"{num(s['slope_per_doubling'], '+.4f')} "
+                        f"[{num(s['lo'], '+.4f')}, {num(s['hi'], '+.4f')}]",
+                        s["verdict"],
+                    ]
+                    for s in trend["sizes"]
+                ],
+            ),
+            *table(
+                ["model", "D_total", "train fraction", "epochs", "runs", "mean gap"],
+                [
+                    [
+                        s["model"] or f"{s['N']:.3g}",
+                        f"{b['D_total']:.3g}",
+                        f"{b['train_fraction']:g}",
+                        f"{b['epochs']:.3g}",
+                        str(b["runs"]),
+                        num(b["gap"]),
+                    ]
+                    for s in trend["sizes"]
+                    for b in s["budgets"]
+                ],
+            ),
+        ]
+    lines += ["### Part of the train split against all of it (paired cells)", ""]
+    pairs = r["pairs"]
+    if not pairs.get("available", True):
+        return [*lines, f"Not available: {pairs['why']}.", ""]
+    rows = [
+        [
+            p["model"] or f"{p['N']:.3g}",
+            f"{p['D_total']:.3g}",
+            bits_key(p["B"]),
+            f"{p['qat_frac']:g}",
+            p["seed"] or "–",
+            f"{p['train_fraction']:g}",
+            f"{num(p['epochs'], '.3g')} / {num(p['epochs_full'], '.3g')}",
+            f"{p['loss']:.4f} / {p['loss_full']:.4f}",
+            f"{p['diff']:+.4f} ({100 * p['diff_rel']:+.2f}%)",
+            num(p["seed_std_full"]),
+            f"{num(p.get('gap'))} / {num(p.get('gap_full'))}",
+        ]
+        for p in pairs["pairs"]
+    ]
+    head = [
+        "model",
+        "D_total",
+        "bits",
+        "QAT fraction",
+        "seed",
+        "train fraction",
+        "epochs part / all",
+        "loss part / all",
+        "part − all",
+        "seed std (all)",
+        "gap part / all",
+    ]
+    return [
+        *lines,
+        "Validation loss of a run on part of the train split against the same cell on all of it "
+        "(positive: seeing less data more often costs loss), beside the spread of that cell's "
+        "loss over seeds.",
+        "",
+        *table(head, rows),
+        f"- mean part − all: {pairs['mean_diff']:+.4f} nats "
+        f"({100 * pairs['mean_diff_rel']:+.2f}%); median seed std of the full-data cells: "
+        f"{num(pairs['seed_std_median'])}; runs on part of the split without their full-data "
+        f"cell: {pairs['unpaired']}",
+        "",
+    ]
+
+
 def render_markdown(s: dict[str, Any]) -> str:
     g = s["grid"]
     return "\n".join(
@@ -283,5 +383,6 @@ def render_markdown(s: dict[str, Any]) -> str:
             *md_waste(s["wasted_compute"]),
             *md_fusion(s["fusion"]),
             *md_advice(s["advice"]),
+            *md_repetition(s["data_repetition"]),
         ]
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -61,6 +62,10 @@ def test_the_report_holds_every_section(report):
     md = (report / "summary.md").read_text()
     for title in ("Law fit", "Optimal QAT fraction", "Seed noise", "Wasted", "Fused", "advises"):
         assert title in md
+    # A table collected before the repetition columns: the section says so, nothing fails.
+    assert s["data_repetition"]["gap_trend"]["available"] is False
+    assert "## 7. Data repetition" in md
+    assert "Not available: no train_loss, epochs column in this table" in md
     assert json.loads((report / "law.json").read_text())["settings"]["fit"].startswith(
         "fp-anchored"
     )
@@ -114,3 +119,35 @@ def test_the_committed_repro_results_are_rebuilt_from_their_runs_table(tmp_path,
         assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name
     plots = sorted(p.name for p in (committed / "plots").iterdir())
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == plots
+
+
+GAP_SLOPE = 0.02  # nats of train-validation gap per doubling of epochs
+
+
+def test_runs_on_half_the_data_enter_the_repetition_section_only(runs_csv, report, tmp_path):
+    """The same table with the repetition columns and two cells again on half the split: the
+    law's fit is the whole-split runs' (as in `report`), the section pairs the two and recovers
+    the gap's growth with epochs."""
+    runs = pd.read_csv(runs_csv)
+    epochs = (runs.D_fp + runs.D_qat) / 1e9
+    gap = 0.3 + GAP_SLOPE * np.log2(epochs)
+    runs = runs.assign(train_fraction=1.0, epochs=epochs, train_loss=runs.loss - gap)
+    picked = runs[(runs.seed == 0) & ~runs.fusion & (runs.B == 1)].iloc[:2]
+    half = picked.assign(
+        train_fraction=0.5, epochs=picked.epochs * 2, loss=picked.loss + 0.01
+    ).assign(train_loss=lambda d: d.loss - 0.3 - GAP_SLOPE * np.log2(d.epochs))
+    path = tmp_path / "runs.csv"
+    pd.concat([runs, half], ignore_index=True).to_csv(path, index=False)
+    assert repro.main(["--runs", str(path), "--out", str(tmp_path / "out"), *OPTIONS]) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    before = json.loads((report / "summary.json").read_text())
+    assert s["grid"] == before["grid"] and s["fit"] == before["fit"]
+    assert s["optimal_fraction"] == before["optimal_fraction"]
+    r = s["data_repetition"]
+    assert r["part_of_split_runs"] == 2 and r["pairs"]["unpaired"] == 0
+    assert [p["diff"] for p in r["pairs"]["pairs"]] == pytest.approx([0.01, 0.01])
+    for size in r["gap_trend"]["sizes"]:
+        assert size["slope_per_doubling"] == pytest.approx(GAP_SLOPE, abs=1e-6)
+        assert size["verdict"] == "grows"
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "Part of the train split against all of it" in md and "+0.0100" in md
