@@ -52,3 +52,17 @@ def test_a_fraction_out_of_range_is_one_line(bad):
 def test_a_fraction_that_is_not_a_number_is_one_line():
     with pytest.raises(ConfigError, match=r"data\.train_fraction='half' is not a valid float"):
         RunConfig.from_dict(tree(train_fraction="half"))
+
+
+def test_the_data_grid_is_three_core_cells_on_half_the_split():
+    import dataclasses
+
+    from qat.orchestration.grid import expand_grid
+
+    half = expand_grid(["grid=repro-data"])
+    core = {c.run_key for c in expand_grid(["grid=repro", "model=mini-xs", "tokens_per_param=320"])}
+    assert sorted(c.bits for c in half) == [1.0, 4.0, 16.0]
+    for config in half:
+        assert config.data.train_fraction == 0.5 and config.tracking.experiment == "repro"
+        whole = dataclasses.replace(config, data=dataclasses.replace(config.data, train_fraction=1))
+        assert whole.run_key in core  # its full-data pair is a cell of the core
