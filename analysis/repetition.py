@@ -91,6 +91,11 @@ def gap_trend(
     table = _cells(runs)
     table = table[np.isfinite(table.train_loss) & np.isfinite(table.epochs) & (table.epochs > 0)]
     if table.empty:
+        if not np.isfinite(runs.epochs).any():
+            return unavailable(
+                "no run has an epochs value: none of this data recorded its train split's size "
+                "(data_train_tokens, logged by runs since data.train_fraction exists)"
+            )
         return unavailable("no run has both a train_loss and an epochs value")
     fraction = table.get("train_fraction", 1.0)
     table = table.assign(

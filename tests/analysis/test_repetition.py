@@ -111,5 +111,7 @@ def test_a_table_without_the_columns_says_so():
         assert result[part]["available"] is False
     assert result["gap_trend"]["why"].startswith("no train_loss, epochs column in this table")
     assert result["pairs"]["why"].startswith("no train_fraction column in this table")
+    unknown = half_data_table().assign(epochs=np.nan)  # no run of the data recorded its size
+    assert gap_trend(unknown)["why"].startswith("no run has an epochs value")
     full_only = half_data_table().query("train_fraction == 1")
     assert "no run on a train_fraction below 1" in data_pairs(full_only)["why"]
