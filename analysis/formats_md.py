@@ -34,7 +34,14 @@ def _f_verdict(c: dict[str, Any]) -> str:
     if not c["f_differs"]:
         return "no difference shown"
     side = "larger" if c["f_diff"]["value"] > 0 else "smaller"
-    return f"**{c['a']}'s f* is {side}**"
+    p = c["sign_test_p"]
+    # The bootstrap over a few cells is rough: say when the sign test does not back it.
+    weak = (
+        " (by the interval; the sign test alone is not significant)"
+        if p is None or p > 0.05
+        else ""
+    )
+    return f"**{c['a']}'s f* is {side}**{weak}"
 
 
 def md_header(s: dict[str, Any]) -> list[str]:
