@@ -174,6 +174,11 @@ def run(
     source = f"file:{runs_file}"
     check_formats(rows, f"runs file {str(runs_file)!r}")
     opt = format_optima(rows, seed=seed)
+    if opt.cells.empty:
+        raise AnalysisError(
+            f"runs file {str(runs_file)!r}: no (N, D_total, format) cell has >= 3 QAT fractions; "
+            "f* needs them"
+        )
     result: AnchoredFit | None = None
     why = ""
     try:

@@ -68,6 +68,29 @@ def md_header(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def md_in_short(s: dict[str, Any]) -> list[str]:
+    """The two answers, one line per pair of formats at equal bits per weight, then the law's
+    winners at equal memory: what the rest of the report backs up."""
+    lines = ["## In short", ""]
+    for c in s["comparisons"]:
+        if not c["cells"] or not c["equal_bits"]:
+            continue
+        lines.append(
+            f"- {c['a']} vs {c['b']} ({bits_key(c['B_a'])} bits per weight, {c['cells']} "
+            f"cells): loss at f* {_loss_verdict(c)} (gap {_ci(c['loss_gap'])}); f*: "
+            f"{_f_verdict(c)} (f*_a − f*_b {_ci(c['f_diff'], _frac)})"
+        )
+    em = s["equal_memory"]
+    if em.get("available", True):
+        for width, w in em.items():
+            wins = ", ".join(f"{k} {v}" for k, v in w["wins"].items())
+            lines.append(
+                f"- {width}-bit elements at equal memory and compute, through the law: cells "
+                f"won {wins}"
+            )
+    return [*lines, ""]
+
+
 def md_winners(s: dict[str, Any]) -> list[str]:
     lines = ["## 1. Which format wins (runs, same N and D_total)", ""]
     cmp_rows = [
@@ -226,5 +249,12 @@ def md_equal_memory(s: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(s: dict[str, Any]) -> str:
-    parts = [md_header(s), md_winners(s), md_f_star(s), md_law(s), md_equal_memory(s)]
+    parts = [
+        md_header(s),
+        md_in_short(s),
+        md_winners(s),
+        md_f_star(s),
+        md_law(s),
+        md_equal_memory(s),
+    ]
     return "\n".join(line for p in parts for line in p).rstrip() + "\n"

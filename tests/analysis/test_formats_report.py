@@ -93,8 +93,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_the_cli_writes_the_report_again_byte_for_byte(grid, tmp_path):
-    small = grid[grid.N == AXES["sizes"][0]]
-    small = pd.concat([small, grid[(grid.N != AXES["sizes"][0]) & (grid.B >= 16)]])
+    # One size's runs (three cells per format), with every FP run for the law's anchor.
+    small = grid[grid.N.eq(AXES["sizes"][0]) | (grid.B >= 16)]
     runs = tmp_path / "runs.csv"
     small.to_csv(runs, index=False)
     outs = [tmp_path / "a", tmp_path / "b"]
@@ -124,8 +124,12 @@ def test_the_cli_writes_the_report_again_byte_for_byte(grid, tmp_path):
             format_grid(FACTORS_OF_ONE, sizes=(5e7,), bits=(), tokens_per_param=(10.0,)),
             "one format only (mxfp4)",
         ),
+        (
+            format_grid(FACTORS, sizes=(5e7,), bits=(4.0,), fractions=(0.2, 0.5)),
+            "no (N, D_total, format) cell has >= 3 QAT fractions",
+        ),
     ],
-    ids=["integer-only", "one-format"],
+    ids=["integer-only", "one-format", "two-fractions"],
 )
 def test_a_table_without_formats_to_compare_is_refused_in_one_line(
     table, message, tmp_path, capsys
