@@ -121,3 +121,9 @@ REPRO_OUT ?= results/repro
 .PHONY: repro-report
 repro-report: setup  ## reproduction report of REPRO_CSV into REPRO_OUT (anchored law, f*, noise, advice)
 	$(BIN)/python -m analysis.repro --runs $(REPRO_CSV) --out $(REPRO_OUT)
+
+FORMATS_CSV ?= results/formats/runs.csv
+FORMATS_OUT ?= results/formats
+.PHONY: formats-report
+formats-report: setup  ## number formats report of FORMATS_CSV into FORMATS_OUT (f* and loss per format, who wins)
+	$(BIN)/python -m analysis.formats --runs $(FORMATS_CSV) --out $(FORMATS_OUT)

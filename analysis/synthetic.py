@@ -108,10 +108,15 @@ def format_grid(
     fractions: Sequence[float] = FRACTIONS,
     noise: float = 0.002,
     seed: int = 0,
+    fp_rows: bool = False,
 ) -> pd.DataFrame:
     """Classic runs of the integer family at `bits` and of each format of `factors` at its bits
     per weight (block scales counted, from qat.quant.formats), with a `format` column and losses
-    from the qat law whose format factors are `factors` (plus noise)."""
+    from the qat law whose format factors are `factors` (plus noise).
+
+    `fp_rows` adds what a trained grid's table also holds for the FP anchor of
+    `analysis.anchored_fit`: one FP-only run per (N, D_total) and each classic run's `fp_loss`,
+    the Chinchilla part at (N, D_fp)."""
     from qat.quant.formats import FLOAT_FORMATS, INT_FORMAT  # torch: only for format grids
 
     per_format = [(INT_FORMAT, b) for b in bits] + [(f, FLOAT_FORMATS[f].bits) for f in factors]
@@ -124,8 +129,21 @@ def format_grid(
     loss = law.loss(format_params(factors, params), df.N, df.D_fp, df.D_qat, df.B, df["format"])
     df["D_total"] = df.D_fp + df.D_qat
     df["fusion"] = False
-    df["loss"] = _noisy(loss, noise, np.random.default_rng(seed))
-    return df
+    rng = np.random.default_rng(seed)
+    df["loss"] = _noisy(loss, noise, rng)
+    if not fp_rows:
+        return df
+    chinchilla = QAT.fp_part(params)
+    df["fp_loss"] = _noisy(CHINCHILLA.loss(chinchilla, df.N, df.D_fp, 0.0, FP_BITS), noise, rng)
+    fp = pd.DataFrame(
+        [
+            {"N": n, "B": FP_BITS, "format": INT_FORMAT, "D_fp": r * n, "D_qat": 0.0}
+            for n, r in itertools.product(sizes, tokens_per_param)
+        ]
+    )
+    fp["qat_frac"], fp["D_total"], fp["fusion"] = 0.0, fp.D_fp, False
+    fp["loss"] = _noisy(CHINCHILLA.loss(chinchilla, fp.N, fp.D_fp, 0.0, FP_BITS), noise, rng)
+    return pd.concat([df, fp], ignore_index=True)
 
 
 def fused_grid(
