@@ -206,9 +206,16 @@ def test_repetition_columns_from_mlflow(mlflow_store):
     assert "data_fingerprint" not in runs.columns
 
 
-def test_tables_collected_before_the_repetition_columns_still_load():
+def test_tables_collected_before_the_repetition_columns_still_load(tmp_path):
+    import pandas as pd
+
     from tests.analysis.helpers import REPO
 
-    for name in ("mini", "repro"):
-        runs = read_table(REPO / "results" / name / "runs.csv")
-        assert len(runs) > 100 and "train_loss" not in runs.columns
+    runs = read_table(REPO / "results" / "mini" / "runs.csv")
+    assert len(runs) > 100 and "train_loss" not in runs.columns
+    # results/repro's table as it was before the columns existed
+    repro = pd.read_csv(REPO / "results" / "repro" / "runs.csv")
+    old = repro.drop(columns=["train_fraction", "train_loss", "data_train_tokens", "epochs"])
+    old.to_csv(tmp_path / "runs.csv", index=False)
+    runs = read_table(tmp_path / "runs.csv")
+    assert len(runs) == len(repro) and "train_loss" not in runs.columns
