@@ -75,6 +75,15 @@ def whole_split(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[pd.to_numeric(runs.train_fraction) >= 1.0]
 
 
+def integer_family(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the integer family (and FP): this report's helpers treat every run as one
+    format, so float-format runs are left to the formats report (analysis.formats)."""
+    if "format" not in runs.columns:
+        return runs
+    fmt = runs["format"].fillna("int").astype(str)
+    return runs[fmt.eq("int") | pd.to_numeric(runs.B).ge(16)]
+
+
 def repetition_section(runs: pd.DataFrame, seed: int) -> dict[str, Any]:
     """What repeating the data does, from every run of the table."""
     kept_out = len(runs) - len(whole_split(runs))
@@ -185,7 +194,15 @@ def run(
     progress: bool = False,
 ) -> dict[str, Any]:
     """The report of `runs_file` into `out`; returns the summary."""
-    every_run = read_table(runs_file)
+    table = read_table(runs_file)
+    every_run = integer_family(table)
+    left_out = len(table) - len(every_run)
+    if left_out:
+        log.info(
+            "left out %d runs of float formats: this report compares the integer family; "
+            "see make formats-report",
+            left_out,
+        )
     runs = whole_split(every_run)
     if qat_rows(runs, False).empty:
         raise AnalysisError(

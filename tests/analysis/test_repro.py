@@ -151,3 +151,19 @@ def test_runs_on_half_the_data_enter_the_repetition_section_only(runs_csv, repor
         assert size["verdict"] == "grows"
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "Part of the train split against all of it" in md and "+0.0100" in md
+
+
+def test_float_format_runs_are_left_to_the_formats_report(runs_csv, report, tmp_path, caplog):
+    """Rows of a float format (the same cells again as MXFP4, with other losses) leave the
+    report as it is on the integer family alone, and one line says so."""
+    runs = pd.read_csv(runs_csv).assign(format="int")
+    qat = runs[runs.B < 16]
+    floats = qat.assign(format="mxfp4", B=4.25, loss=qat.loss * 1.01)
+    path = tmp_path / "runs.csv"
+    pd.concat([runs, floats], ignore_index=True).to_csv(path, index=False)
+    with caplog.at_level("INFO", logger="analysis.repro"):
+        assert repro.main(["--runs", str(path), "--out", str(tmp_path / "out"), *OPTIONS]) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    before = json.loads((report / "summary.json").read_text())
+    assert s["fit"] == before["fit"] and s["optimal_fraction"] == before["optimal_fraction"]
+    assert f"left out {len(floats)} runs of float formats" in caplog.text
