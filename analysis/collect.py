@@ -286,9 +286,7 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
             row["train_fraction"] = _number(
                 rid, "param", TRAIN_FRACTION, {TRAIN_FRACTION: 1.0, **params}
             )
-            row["qat_lr_ratio"] = _number(
-                rid, "param", QAT_LR_RATIO, {QAT_LR_RATIO: 1.0, **params}
-            )
+            row["qat_lr_ratio"] = _number(rid, "param", QAT_LR_RATIO, {QAT_LR_RATIO: 1.0, **params})
             row["qat_reset_moments"] = _bool(
                 params.get(QAT_RESET_MOMENTS, "False"), f"run {rid}", QAT_RESET_MOMENTS
             )
