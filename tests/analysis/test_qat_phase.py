@@ -104,3 +104,15 @@ def test_tables_that_cannot_compare_variants_are_refused(table, message, tmp_pat
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert re.search(message, err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_verdicts_hold_at_the_grids_own_shape(seed):
+    """One size × 2 budgets × 2 bit widths: 4 cells per variant, as grid=repro-qat-phase has."""
+    grid = prepare(qat_phase_grid(FACTORS, sizes=(5e7,), seed=seed))
+    rows = phase_rows(grid, "synthetic")
+    opt = phase_optima(rows, seed=seed)
+    verdicts = knob_verdicts(compare_all(opt, variant_order(rows), seed=seed))
+    assert [v["cells"] for v in verdicts["qat_lr_ratio"]] == [4]
+    assert verdicts["qat_lr_ratio"][0]["f_verdict"] == "moves f* down"
+    assert verdicts["qat_reset_moments"][0]["f_verdict"] == "no clear shift of f*"
