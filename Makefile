@@ -127,3 +127,9 @@ FORMATS_OUT ?= results/formats
 .PHONY: formats-report
 formats-report: setup  ## number formats report of FORMATS_CSV into FORMATS_OUT (f* and loss per format, who wins)
 	$(BIN)/python -m analysis.formats --runs $(FORMATS_CSV) --out $(FORMATS_OUT)
+
+QAT_PHASE_CSV ?= results/repro-qat-phase/runs.csv
+QAT_PHASE_OUT ?= results/repro-qat-phase
+.PHONY: qat-phase-report
+qat-phase-report: setup  ## QAT phase's knobs report of QAT_PHASE_CSV into QAT_PHASE_OUT (f* per variant, shifts, verdicts)
+	$(BIN)/python -m analysis.qat_phase --runs $(QAT_PHASE_CSV) --out $(QAT_PHASE_OUT)

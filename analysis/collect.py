@@ -13,6 +13,12 @@ split's tokens are the run's `data_train_tokens` param or, for a run logged befo
 existed, another run's of the same `data_fingerprint` (equal fingerprints, equal data); NaN when
 no run of that data recorded it.
 
+The QAT phase's two optimiser knobs are columns too, from MLflow: qat_lr_ratio (the QAT peak
+learning rate as a multiple of the FP peak, `schedule.qat_lr_ratio`) and qat_reset_moments
+(Adam's moments reset at the switch, `optim.qat_reset_moments`); a run logged before the knobs
+existed ran with the defaults, 1.0 and False. A file collected without them reads back without
+them (`analysis.qat_phase` needs them; no other report reads them).
+
 Export an experiment's FINISHED runs to a file that `read_table` (and every CLI's --csv) reads back:
 
     python -m analysis.collect --experiment NAME [--tracking-uri URI] --out runs.csv
@@ -60,6 +66,8 @@ QUANT_FORMAT, INT_FORMAT = "quant.format", "int"
 # Config params that name the data a loss was measured on: a loss is in nats per token of it.
 DATA_SOURCE, VOCAB_SIZE = "data.source", "data.vocab_size"
 TRAIN_FRACTION = "data.train_fraction"
+# The QAT phase's knobs (params of the flattened config) and the values of a run logged before them.
+QAT_LR_RATIO, QAT_RESET_MOMENTS = "schedule.qat_lr_ratio", "optim.qat_reset_moments"
 # The training loss at the end of a run is its last train/loss point: the mean loss of the steps
 # since the point before (on results/repro, 12-33 steps, 0.2-0.5M tokens). Measured there, the
 # gap to the validation loss scatters least so: 0.027 nats within a (size, budget, bits, seed),
@@ -72,14 +80,14 @@ class NoRunsError(AnalysisError):
     """The experiment does not exist or has no FINISHED runs."""
 
 
-def _bool(value: object, where: str) -> bool:
+def _bool(value: object, where: str, name: str = "fusion") -> bool:
     if isinstance(value, bool):
         return value
     key = str(value).strip().lower()
     if key.endswith(".0"):  # 1.0 / 0.0 from a numeric CSV column
         key = key[:-2]
     if key not in _TRUE:
-        raise AnalysisError(f"{where}: fusion={value!r} is not a boolean; allowed: True/False/1/0")
+        raise AnalysisError(f"{where}: {name}={value!r} is not a boolean; allowed: True/False/1/0")
     return _TRUE[key]
 
 
@@ -277,6 +285,10 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
                     row[col] = params[param]
             row["train_fraction"] = _number(
                 rid, "param", TRAIN_FRACTION, {TRAIN_FRACTION: 1.0, **params}
+            )
+            row["qat_lr_ratio"] = _number(rid, "param", QAT_LR_RATIO, {QAT_LR_RATIO: 1.0, **params})
+            row["qat_reset_moments"] = _bool(
+                params.get(QAT_RESET_MOMENTS, "False"), f"run {rid}", QAT_RESET_MOMENTS
             )
             history = client.get_metric_history(rid, TRAIN_LOSS)
             row["train_loss"] = final_train_loss([(m.step, m.value) for m in history])

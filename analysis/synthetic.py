@@ -205,6 +205,34 @@ def seeded_grid(
     return pd.concat(frames, ignore_index=True)
 
 
+def qat_phase_grid(
+    qat_token_factor: Mapping[float, float],
+    params: Mapping[str, float] = TRUE_QAT_PARAMS,
+    sizes: Sequence[float] = SIZES,
+    bits: Sequence[float] = (1.0, 4.0),
+    tokens_per_param: Sequence[float] = (80.0, 320.0),
+    fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 0.9),
+    noise: float = 1e-4,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Classic runs of `qat_grid` once per QAT-phase variant: each QAT peak learning-rate ratio
+    of `qat_token_factor` (keys; 1.0 is the baseline) with Adam's moments kept and reset, in
+    columns `qat_lr_ratio` and `qat_reset_moments`.
+
+    The hidden law: a ratio's QAT tokens count `qat_token_factor[ratio]` times (the loss is the
+    qat law's at D_qat·factor), which moves f*; resetting the moments changes nothing."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for ratio, factor in qat_token_factor.items():
+        for reset in (False, True):
+            df = qat_grid(params, sizes, bits, tokens_per_param, fractions, 0.0, fp_rows=False)
+            df["loss"] = _noisy(
+                QAT.loss(params, df.N, df.D_fp, df.D_qat * factor, df.B), noise, rng
+            )
+            frames.append(df.assign(qat_lr_ratio=ratio, qat_reset_moments=reset))
+    return pd.concat(frames, ignore_index=True)
+
+
 def chinchilla_grid(
     params: Mapping[str, float] = CHINCHILLA_PARAMS,
     sizes: Sequence[float] = (4e7, 1e8, 3e8, 1e9, 3e9, 1e10),

@@ -219,3 +219,19 @@ def test_tables_collected_before_the_repetition_columns_still_load(tmp_path):
     old.to_csv(tmp_path / "runs.csv", index=False)
     runs = read_table(tmp_path / "runs.csv")
     assert len(runs) == len(repro) and "train_loss" not in runs.columns
+
+
+def test_the_qat_phase_knobs_from_mlflow(mlflow_store):
+    """The QAT peak's ratio and the moments' reset, as the trainer logs them (its flattened
+    config, as text); a run logged before the knobs existed gets the defaults it ran with."""
+    client = MlflowClient(mlflow_store)
+    exp = client.create_experiment("qat-phase")
+    knobs = {"schedule.qat_lr_ratio": "0.3", "optim.qat_reset_moments": "True"}
+    both = _log_cell(client, exp, 4000, knobs)
+    old = _log_cell(client, exp, 2000, {})
+    runs = from_mlflow("qat-phase", mlflow_store).set_index("run_id")
+    assert runs.qat_lr_ratio.to_dict() == {both: 0.3, old: 1.0}
+    assert runs.qat_reset_moments.to_dict() == {both: True, old: False}
+    _log_cell(client, exp, 1000, {"optim.qat_reset_moments": "maybe"})
+    with pytest.raises(AnalysisError, match=r"optim\.qat_reset_moments='maybe' is not a boolean"):
+        from_mlflow("qat-phase", mlflow_store)
