@@ -5,7 +5,9 @@
 
 Each source's FINISHED runs (cells with their final metric) are copied with their params, tags,
 every metric's history, status and, where the source's artifact folder can be read, artifacts.
-A cell the target has finished is skipped, so a merge can be repeated. A plain path is taken as
+A cell the target has finished is skipped, so a merge can be repeated. The line per source
+says how many copied cells brought artifacts: a store from another machine names artifact
+folders that stayed there. A plain path is taken as
 a SQLite file. See docs/mlflow.md.
 """
 
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{merged.already_there} already in the target, "
                 f"{merged.not_finished} not finished (left out)"
             )
+            line += f", {merged.with_artifacts} of them with their artifacts"
             if merged.artifacts_missing:
                 line += f"; {merged.artifacts_missing} without their artifacts (not readable here)"
             print(line)

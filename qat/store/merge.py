@@ -31,6 +31,7 @@ class MergeReport:
     copied: int
     already_there: int
     not_finished: int  # and runs that are not cells (no run key)
+    with_artifacts: int  # copied runs whose artifacts were found here and copied too
     artifacts_missing: int  # copied runs whose source artifacts could not be read
 
 
@@ -55,9 +56,10 @@ def _is_finished(run: Any) -> bool:
     return bool(run.info.status == "FINISHED" and FINAL_METRIC in run.data.metrics)
 
 
-def _copy_run(source: Tracker, target: Tracker, run: Any) -> bool:
+def _copy_run(source: Tracker, target: Tracker, run: Any) -> bool | None:
     """Copy one run (tags, params, every metric's history, status, artifacts); returns whether
-    its artifacts came along."""
+    its artifacts came along (None: none were found here, as for a store from a machine whose
+    artifact folders stayed there)."""
     from mlflow.entities import Param
 
     info, data = run.info, run.data
@@ -85,11 +87,13 @@ def _copy_run(source: Tracker, target: Tracker, run: Any) -> bool:
     return artifacts_copied
 
 
-def _copy_artifacts(source: Tracker, target: Tracker, source_id: str, target_id: str) -> bool:
+def _copy_artifacts(
+    source: Tracker, target: Tracker, source_id: str, target_id: str
+) -> bool | None:
     with tempfile.TemporaryDirectory() as folder:
         try:
             if not source.client.list_artifacts(source_id):
-                return True
+                return None
             local = source.client.download_artifacts(source_id, "", folder)
         except Exception:  # the source's artifact folder lived on another machine
             return False
@@ -106,7 +110,7 @@ def merge_finished(source_uri: str, target_uri: str, experiment: str) -> MergeRe
     ``target_uri`` (created if missing), skipping run keys the target has finished."""
     source = Tracker(source_uri, experiment)
     target = Tracker(target_uri, experiment)
-    copied = already = unfinished = missing = 0
+    copied = already = unfinished = missing = with_artifacts = 0
     for run in experiment_runs(source):
         key = run.data.tags.get(RUN_KEY_TAG)
         if key is None or not _is_finished(run):
@@ -115,7 +119,8 @@ def merge_finished(source_uri: str, target_uri: str, experiment: str) -> MergeRe
         if target.finished_run(key) is not None:
             already += 1
             continue
-        if not _copy_run(source, target, run):
-            missing += 1
+        artifacts = _copy_run(source, target, run)
+        missing += artifacts is False
+        with_artifacts += artifacts is True
         copied += 1
-    return MergeReport(copied, already, unfinished, missing)
+    return MergeReport(copied, already, unfinished, with_artifacts, missing)

@@ -44,10 +44,12 @@ def test_finished_cells_are_copied_whole_once(tmp_path: Path, capsys) -> None:
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith(
-        "copied 1 finished cells, 0 already in the target, 1 not finished (left out)"
+        "copied 1 finished cells, 0 already in the target, 1 not finished (left out), "
+        "0 of them with their artifacts"
     )
     assert lines[1].endswith(
-        "copied 0 finished cells, 2 already in the target, 0 not finished (left out)"
+        "copied 0 finished cells, 2 already in the target, 0 not finished (left out), "
+        "0 of them with their artifacts"
     )
 
     merged = cells(f"sqlite:///{into}")
@@ -81,3 +83,30 @@ def test_a_source_that_is_the_target_is_refused(tmp_path: Path, capsys) -> None:
     add_cell(f"sqlite:///{store}", "a", "FINISHED", [4.0])
     assert main([str(store), "--into", str(store), "--experiment", EXPERIMENT]) == 2
     assert "is the store merged into" in capsys.readouterr().err
+
+
+def test_artifacts_come_along_where_their_folder_is_here(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    monkeypatch.chdir(tmp_path)  # the stores' default artifact root, ./mlruns, lands here
+    source, into = f"sqlite:///{tmp_path / 'source.db'}", tmp_path / "merged.db"
+    for key in ("a", "b"):
+        add_cell(source, key, "FINISHED", [4.0, 3.0])
+        run = cells(source)[key]
+        curve = tmp_path / "loss_curve.png"
+        curve.write_bytes(b"png of " + key.encode())
+        Tracker(source, EXPERIMENT).log_artifact(run.info.run_id, curve)  # type: ignore[attr-defined]
+    gone = cells(source)["b"].info.artifact_uri  # type: ignore[attr-defined]
+    shutil.rmtree(gone.removeprefix("file://"))  # as in a store from another machine
+
+    assert main([source, "--into", str(into), "--experiment", EXPERIMENT]) == 0
+    assert (
+        "copied 2 finished cells, 0 already in the target, 0 not finished (left out), "
+        "1 of them with their artifacts" in capsys.readouterr().out
+    )
+    target = Tracker(f"sqlite:///{into}", EXPERIMENT)
+    merged = cells(f"sqlite:///{into}")
+    listed = target.call(lambda c: c.list_artifacts(merged["a"].info.run_id))  # type: ignore[attr-defined]
+    assert [item.path for item in listed] == ["loss_curve.png"]
