@@ -31,9 +31,9 @@ from analysis.anchored_fit import CI_LEVEL
 from analysis.errors import AnalysisError
 from analysis.grid_stats import qat_rows
 from analysis.law import INT_FORMAT, FittedLaw, bits_key
-from analysis.optima import quadratic_noise
+from analysis.optima import curve_noise, curve_replicates, percentile_interval
 from analysis.predict import optimal_bits, optimal_fraction
-from analysis.seed_noise import FRAC_DIGITS, paired_noise
+from analysis.seed_noise import FRAC_DIGITS
 
 N_REPLICATES = 400
 CELL_KEYS = ["N", "D_total", "label"]
@@ -133,31 +133,14 @@ def format_curves(rows: pd.DataFrame) -> dict[tuple[float, float, str], pd.DataF
 def format_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> FormatOptima:
     """f* and the loss at f* per cell, with replicates and 95% intervals (module docstring)."""
     curves = format_curves(rows)
-    sigma, dof = paired_noise(curves)  # type: ignore[arg-type]
-    source = f"paired seed noise ({dof} dof)"
-    if not dof:
-        sigma, dof = quadratic_noise(curves)
-        source = f"local quadratic residuals ({dof} dof)"
-    if not dof:
-        sigma, source = 0.0, "none: no cell to estimate it from"
+    sigma, source = curve_noise(curves)
     meta = rows.drop_duplicates("label").set_index("label")
     rng = np.random.default_rng(seed)
     q = (1 - CI_LEVEL) / 2
     out, f_reps, l_reps = [], [], []
     for (n, d, label), c in curves.items():
-        full = c.dropna(axis=1)
-        fracs = c.index.to_numpy(dtype=float)
-        if full.shape[1] >= 2:
-            v = full.to_numpy()
-            picks = rng.integers(0, v.shape[1], size=(n_rep, v.shape[1]))
-            rep = v[:, picks].mean(axis=2).T
-            centre, method = v.mean(axis=1), f"{v.shape[1]} seeds, resampled"
-        else:
-            centre = c.mean(axis=1).to_numpy()
-            ok = ~np.isnan(centre)
-            centre, fracs = centre[ok], fracs[ok]
-            rep = centre + rng.normal(0.0, sigma, size=(n_rep, len(centre)))
-            method = "1 seed, noise replicates" if c.shape[1] == 1 else "seeds incomplete, noise"
+        r = curve_replicates(c, sigma, rng, n_rep)
+        fracs, centre, rep, method = r.fracs, r.centre, r.replicates, r.method
         f_rep, l_rep = fracs[np.argmin(rep, axis=1)], rep.min(axis=1)
         i = int(np.argmin(centre))
         b = float(meta.at[label, "B"])
@@ -187,14 +170,6 @@ def format_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) 
     return FormatOptima(
         cells, np.array(f_reps).reshape(shape), np.array(l_reps).reshape(shape), sigma, source
     )
-
-
-def _interval(value: float, samples: np.ndarray) -> dict[str, float | None]:
-    q = (1 - CI_LEVEL) / 2
-    s = samples[np.isfinite(samples)]
-    if len(s) < 10:
-        return {"value": value, "lo": None, "hi": None}
-    return {"value": value, "lo": float(np.quantile(s, q)), "hi": float(np.quantile(s, 1 - q))}
 
 
 def _excludes_zero(i: dict[str, float | None]) -> bool:
@@ -256,8 +231,8 @@ def compare_pair(
     larger, smaller = int((d_f > 0).sum()), int((d_f < 0).sum())
     differ = larger + smaller
     sign_p = float(binomtest(larger, differ).pvalue) if differ else None
-    gap = _interval(float(np.expm1(d_log.mean())), np.expm1(boot_loss))
-    f_diff = _interval(float(d_f.mean()), boot_f)
+    gap = percentile_interval(float(np.expm1(d_log.mean())), np.expm1(boot_loss))
+    f_diff = percentile_interval(float(d_f.mean()), boot_f)
     return {
         "a": a,
         "b": b,

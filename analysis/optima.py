@@ -68,37 +68,73 @@ def quadratic_noise(curves: dict[Any, pd.DataFrame]) -> tuple[float, int]:
     return (math.sqrt(ss / dof), dof) if dof else (math.nan, 0)
 
 
+def curve_noise(curves: dict[Any, pd.DataFrame]) -> tuple[float, str]:
+    """The noise of one seed's log-loss at a fraction, and where it came from: paired seed
+    noise where cells have seeds, else local quadratic residuals, else none."""
+    sigma, dof = paired_noise(curves)
+    if dof:
+        return sigma, f"paired seed noise ({dof} dof)"
+    sigma, dof = quadratic_noise(curves)
+    if dof:
+        return sigma, f"local quadratic residuals ({dof} dof)"
+    return 0.0, "none: no cell to estimate it from"
+
+
+@dataclass(frozen=True)
+class CurveReplicates:
+    """One cell's log-loss curve over its fractions and ``n_rep`` replicates of it."""
+
+    fracs: np.ndarray
+    centre: np.ndarray  # the seeds' mean (fractions without a value dropped)
+    replicates: np.ndarray  # (n_rep, fracs)
+    method: str
+
+
+def curve_replicates(
+    curve: pd.DataFrame, sigma: float, rng: np.random.Generator, n_rep: int
+) -> CurveReplicates:
+    """Seeds resampled where the curve has >= 2 complete seeds, else noise of ``sigma`` added to
+    the one seed (or to each fraction's mean)."""
+    full = curve.dropna(axis=1)
+    fracs = curve.index.to_numpy(dtype=float)
+    if full.shape[1] >= 2:
+        v = full.to_numpy()
+        picks = rng.integers(0, v.shape[1], size=(n_rep, v.shape[1]))
+        return CurveReplicates(
+            fracs, v.mean(axis=1), v[:, picks].mean(axis=2).T, f"{v.shape[1]} seeds, resampled"
+        )
+    centre = curve.mean(axis=1).to_numpy()
+    ok = ~np.isnan(centre)
+    centre, fracs = centre[ok], fracs[ok]
+    replicates = centre + rng.normal(0.0, sigma, size=(n_rep, len(centre)))
+    method = "1 seed, noise replicates" if curve.shape[1] == 1 else "seeds incomplete, noise"
+    return CurveReplicates(fracs, centre, replicates, method)
+
+
+def percentile_interval(value: float, samples: np.ndarray) -> dict[str, float | None]:
+    """``value`` with the central CI_LEVEL interval of its bootstrap ``samples`` (no interval
+    from fewer than 10 finite samples)."""
+    q = (1 - CI_LEVEL) / 2
+    s = samples[np.isfinite(samples)]
+    if len(s) < 10:
+        return {"value": value, "lo": None, "hi": None}
+    return {"value": value, "lo": float(np.quantile(s, q)), "hi": float(np.quantile(s, 1 - q))}
+
+
 def cell_optima(runs: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> CellOptima:
     """f* per classic cell with >= 3 fractions, its replicates and a 95% interval (see the
     module's docstring)."""
     curves = {
         k: c for k, c in cell_curves(seed_table(runs)).items() if len(c.dropna(how="all")) >= 3
     }
-    sigma, dof = paired_noise(curves)
-    source = f"paired seed noise ({dof} dof)"
-    if not dof:
-        sigma, dof = quadratic_noise(curves)
-        source = f"local quadratic residuals ({dof} dof)"
-    if not dof:
-        sigma, source = 0.0, "none: no cell to estimate it from"
+    sigma, source = curve_noise(curves)
     rng = np.random.default_rng(seed)
     q = (1 - CI_LEVEL) / 2
     rows, reps = [], []
     for (n, d, b), c in curves.items():
-        full = c.dropna(axis=1)
-        fracs = c.index.to_numpy(dtype=float)
-        if full.shape[1] >= 2:
-            v = full.to_numpy()
-            picks = rng.integers(0, v.shape[1], size=(n_rep, v.shape[1]))
-            rep_curves = v[:, picks].mean(axis=2).T  # (n_rep, fracs)
-            centre, method = v.mean(axis=1), f"{v.shape[1]} seeds, resampled"
-        else:
-            centre = c.mean(axis=1).to_numpy()  # the one seed, or each fraction's mean
-            ok = ~np.isnan(centre)
-            centre, fracs = centre[ok], fracs[ok]
-            rep_curves = centre + rng.normal(0.0, sigma, size=(n_rep, len(centre)))
-            method = "1 seed, noise replicates" if c.shape[1] == 1 else "seeds incomplete, noise"
-        f_rep = fracs[np.argmin(rep_curves, axis=1)]
+        r = curve_replicates(c, sigma, rng, n_rep)
+        fracs, centre, method = r.fracs, r.centre, r.method
+        f_rep = fracs[np.argmin(r.replicates, axis=1)]
         i = int(np.argmin(centre))
         censored = "low" if i == 0 else "high" if i == len(fracs) - 1 else ""
         rows.append(

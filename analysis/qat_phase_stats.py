@@ -24,8 +24,8 @@ from scipy.stats import binomtest
 from analysis.anchored_fit import CI_LEVEL
 from analysis.errors import AnalysisError
 from analysis.grid_stats import qat_rows
-from analysis.optima import quadratic_noise
-from analysis.seed_noise import FRAC_DIGITS, paired_noise
+from analysis.optima import curve_noise, curve_replicates, percentile_interval
+from analysis.seed_noise import FRAC_DIGITS
 
 N_REPLICATES = 400
 KNOBS = ("qat_lr_ratio", "qat_reset_moments")
@@ -137,30 +137,13 @@ def phase_curves(rows: pd.DataFrame) -> dict[tuple[Any, ...], pd.DataFrame]:
 def phase_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> PhaseOptima:
     """f* and the loss at f* per cell and variant, with replicates and 95% intervals."""
     curves = phase_curves(rows)
-    sigma, dof = paired_noise(curves)
-    source = f"paired seed noise ({dof} dof)"
-    if not dof:
-        sigma, dof = quadratic_noise(curves)
-        source = f"local quadratic residuals ({dof} dof)"
-    if not dof:
-        sigma, source = 0.0, "none: no cell to estimate it from"
+    sigma, source = curve_noise(curves)
     rng = np.random.default_rng(seed)
     q = (1 - CI_LEVEL) / 2
     out, f_reps, l_reps = [], [], []
     for (n, d, b, ratio, reset), c in curves.items():
-        full = c.dropna(axis=1)
-        fracs = c.index.to_numpy(dtype=float)
-        if full.shape[1] >= 2:
-            v = full.to_numpy()
-            picks = rng.integers(0, v.shape[1], size=(n_rep, v.shape[1]))
-            rep = v[:, picks].mean(axis=2).T
-            centre, method = v.mean(axis=1), f"{v.shape[1]} seeds, resampled"
-        else:
-            centre = c.mean(axis=1).to_numpy()
-            ok = ~np.isnan(centre)
-            centre, fracs = centre[ok], fracs[ok]
-            rep = centre + rng.normal(0.0, sigma, size=(n_rep, len(centre)))
-            method = "1 seed, noise replicates" if c.shape[1] == 1 else "seeds incomplete, noise"
+        r = curve_replicates(c, sigma, rng, n_rep)
+        fracs, centre, rep, method = r.fracs, r.centre, r.replicates, r.method
         f_rep, l_rep = fracs[np.argmin(rep, axis=1)], rep.min(axis=1)
         i = int(np.argmin(centre))
         out.append(
@@ -192,14 +175,6 @@ def phase_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -
         sigma,
         source,
     )
-
-
-def _interval(value: float, samples: np.ndarray) -> dict[str, float | None]:
-    q = (1 - CI_LEVEL) / 2
-    s = samples[np.isfinite(samples)]
-    if len(s) < 10:
-        return {"value": value, "lo": None, "hi": None}
-    return {"value": value, "lo": float(np.quantile(s, q)), "hi": float(np.quantile(s, 1 - q))}
 
 
 def _direction(i: dict[str, float | None]) -> int:
@@ -249,8 +224,8 @@ def compare_variant(
     n, n_rep = d_f_rep.shape
     pick_c = rng.integers(0, n, size=(n_boot, n))
     pick_r = rng.integers(0, n_rep, size=(n_boot, n))
-    f_shift = _interval(float(d_f.mean()), d_f_rep[pick_c, pick_r].mean(axis=1))
-    loss_change = _interval(
+    f_shift = percentile_interval(float(d_f.mean()), d_f_rep[pick_c, pick_r].mean(axis=1))
+    loss_change = percentile_interval(
         float(np.expm1(d_log.mean())), np.expm1(d_log_rep[pick_c, pick_r].mean(axis=1))
     )
     q = (1 - CI_LEVEL) / 2
