@@ -12,6 +12,7 @@ left alone, so merging twice adds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,20 +71,27 @@ def _copy_run(source: Tracker, target: Tracker, run: Any) -> bool | None:
         )
     )
     run_id = created.info.run_id
-    params = [Param(key, value) for key, value in data.params.items()]
-    for start in range(0, len(params), PARAMS_PER_BATCH):
-        batch = params[start : start + PARAMS_PER_BATCH]
-        target.call(lambda c, b=batch: c.log_batch(run_id, params=b))  # type: ignore[misc]
-    history = [
-        point
-        for key in sorted(data.metrics)
-        for point in source.call(lambda c, k=key: c.get_metric_history(info.run_id, k))  # type: ignore[misc]
-    ]
-    for start in range(0, len(history), METRICS_PER_BATCH):
-        batch = history[start : start + METRICS_PER_BATCH]
-        target.call(lambda c, b=batch: c.log_batch(run_id, metrics=b))  # type: ignore[misc]
-    artifacts_copied = _copy_artifacts(source, target, info.run_id, run_id)
-    target.call(lambda c: c.set_terminated(run_id, status=info.status, end_time=info.end_time))
+    try:
+        params = [Param(key, value) for key, value in data.params.items()]
+        for start in range(0, len(params), PARAMS_PER_BATCH):
+            batch = params[start : start + PARAMS_PER_BATCH]
+            target.call(lambda c, b=batch: c.log_batch(run_id, params=b))  # type: ignore[misc]
+        history = [
+            point
+            for key in sorted(data.metrics)
+            for point in source.call(lambda c, k=key: c.get_metric_history(info.run_id, k))  # type: ignore[misc]
+        ]
+        for start in range(0, len(history), METRICS_PER_BATCH):
+            batch = history[start : start + METRICS_PER_BATCH]
+            target.call(lambda c, b=batch: c.log_batch(run_id, metrics=b))  # type: ignore[misc]
+        artifacts_copied = _copy_artifacts(source, target, info.run_id, run_id)
+        target.call(lambda c: c.set_terminated(run_id, status=info.status, end_time=info.end_time))
+    except BaseException:
+        # A half-copied run would look like a cell in progress to the next launcher: remove it,
+        # so that merging again copies the cell whole.
+        with contextlib.suppress(Exception):
+            target.client.delete_run(run_id)
+        raise
     return artifacts_copied
 
 

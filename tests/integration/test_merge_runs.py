@@ -110,3 +110,23 @@ def test_artifacts_come_along_where_their_folder_is_here(
     merged = cells(f"sqlite:///{into}")
     listed = target.call(lambda c: c.list_artifacts(merged["a"].info.run_id))  # type: ignore[attr-defined]
     assert [item.path for item in listed] == ["loss_curve.png"]
+
+
+def test_a_copy_that_fails_halfway_leaves_no_run_behind(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    from qat.store import merge
+
+    source, into = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'merged.db'}"
+    add_cell(source, "a", "FINISHED", [4.0, 3.0])
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the disk filled up")
+
+    monkeypatch.setattr(merge, "_copy_artifacts", broken)  # after params and metrics
+    with pytest.raises(RuntimeError):
+        merge.merge_finished(source, into, EXPERIMENT)
+    assert cells(into) == {}  # no half-copied run for a launcher to take as in progress
+    monkeypatch.undo()
+    assert merge.merge_finished(source, into, EXPERIMENT).copied == 1
+    assert Tracker(into, EXPERIMENT).finished_run("a") is not None
