@@ -2,17 +2,18 @@
 # Part of a grid in one call on a lent GPU machine whose disk does not outlive the call
 # (docs/repro.md, "On a GPU lent in short calls"): set up from what the call carried, run
 # node_grid commands side by side into a copy of the grid's committed store under $OUT, and
-# leave there what must come back (the store, the logs, the compile cache).
+# leave there what must come back (the store, the logs, the compile cache), compressed: a call
+# returns at most 8 files of at most 16 MiB each, and the store outgrows that after ~300 cells.
 #
 #   bash bench/lent_gpu_grid.sh EXPERIMENT DEADLINE_S "OVERRIDES" ["OVERRIDES" ...]
 #   bash bench/lent_gpu_grid.sh repro 450 "grid=repro model=mini-s tokens_per_param=80" \
 #       "grid=repro-fused model=mini-xs tokens_per_param=320"
 #
 # Carried (ignored by git): .whl/ (bench/device_wheels.sh), .bench_data/ (the bundled-large
-# shards as a tar.xz), and .inductor_cache.tar if an earlier call left one in $OUT (copy it to
-# the repository root: a warm cache saves each process most of its compile time).
-# Back here: python -m qat.merge_runs --experiment EXPERIMENT \
-#   --into results/EXPERIMENT/mlflow.db <files_at>/mlflow.db
+# shards as a tar.xz), and .inductor_cache.tar.gz if an earlier call left one in $OUT (copy it
+# to the repository root: a warm cache saves each process most of its compile time).
+# Back here: gunzip -c <files_at>/mlflow.db.gz >/tmp/call.db
+#   python -m qat.merge_runs --experiment EXPERIMENT --into results/EXPERIMENT/mlflow.db /tmp/call.db
 set -u
 if [ $# -lt 3 ]; then
   echo "usage: bash bench/lent_gpu_grid.sh EXPERIMENT DEADLINE_S OVERRIDES [OVERRIDES ...]" >&2
@@ -30,7 +31,7 @@ mkdir -p /tmp/data && tar xJf .bench_data/bundled-large-v4096.tar.xz -C /tmp/dat
 export QAT_DATA_DIR=/tmp/data TORCH_CUDA_ARCH_LIST=9.0a
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
-if [ -f .inductor_cache.tar ]; then tar xf .inductor_cache.tar -C "$TORCHINDUCTOR_CACHE_DIR"; fi
+if [ -f .inductor_cache.tar.gz ]; then tar xzf .inductor_cache.tar.gz -C "$TORCHINDUCTOR_CACHE_DIR"; fi
 
 # Start from the finished cells already committed, so node_grid skips them.
 if [ -f "results/$experiment/mlflow.db.gz" ]; then
@@ -54,6 +55,8 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 kill "$monitor" 2>/dev/null
-tar cf "$OUT/inductor_cache.tar" -C "$TORCHINDUCTOR_CACHE_DIR" .
 for out in "$OUT"/grid*.out; do echo "== $out"; tail -n 2 "$out"; done
+tar czf "$OUT/inductor_cache.tar.gz" -C "$TORCHINDUCTOR_CACHE_DIR" .
+(cd "$OUT" && tar czf logs.tar.gz logs* grid*.out gpu.csv && rm -rf logs* grid*.out gpu.csv)
+gzip -9 "$OUT/mlflow.db"
 exit $status

@@ -130,3 +130,28 @@ def test_a_copy_that_fails_halfway_leaves_no_run_behind(tmp_path: Path, monkeypa
     monkeypatch.undo()
     assert merge.merge_finished(source, into, EXPERIMENT).copied == 1
     assert Tracker(into, EXPERIMENT).finished_run("a") is not None
+
+
+def test_a_gzipped_store_is_merged_as_it_is_and_a_corrupt_one_is_one_line(
+    tmp_path: Path, capsys
+) -> None:
+    import gzip
+
+    plain = tmp_path / "call.db"
+    add_cell(f"sqlite:///{plain}", "a", "FINISHED", [5.0, 4.0])
+    packed = tmp_path / "call.db.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    into = tmp_path / "merged.db"
+
+    assert main([str(packed), "--into", str(into), "--experiment", EXPERIMENT]) == 0
+    assert "copied 1 finished cells" in capsys.readouterr().out
+    assert sorted(cells(f"sqlite:///{into}")) == ["a"]
+    assert packed.is_file()  # the source is read from a temporary copy, never changed
+
+    corrupt = tmp_path / "torn.db.gz"
+    corrupt.write_bytes(packed.read_bytes()[:100])
+    assert main([str(corrupt), "--into", str(into), "--experiment", EXPERIMENT]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torn.db.gz: not a readable gzip file" in err[0]
+    assert sorted(cells(f"sqlite:///{into}")) == ["a"]
