@@ -250,3 +250,59 @@ def optimum_trend(optima: CellOptima, n_boot: int = N_REPLICATES, seed: int = 0)
         "paper_a": PAPER_A,
         "paper_a_in_ci": None if a["lo"] is None else bool(a["lo"] <= PAPER_A <= a["hi"]),  # type: ignore[operator]
     }
+
+
+SAME_S_TOLERANCE = 0.02
+
+
+def _same_s(cells: pd.DataFrame) -> pd.Series:
+    """A key shared by the cells of one bit width whose S_total agree within SAME_S_TOLERANCE:
+    budgets set in tokens per parameter are rounded to whole steps, so equal ratios give S
+    that differ in the last digits (or by a step's share of a small budget)."""
+    key = pd.Series(0, index=cells.index)
+    for _, group in cells.groupby("B"):
+        ordered = group.S_total.sort_values()
+        start, index = None, 0
+        for i, value in ordered.items():
+            if start is None or value > start * (1 + SAME_S_TOLERANCE):
+                start, index = value, index + 1
+            key[i] = index
+    return key
+
+
+def size_pairs(optima: CellOptima) -> pd.DataFrame:
+    """Cells of two sizes at the same bits and S_total (the same tokens per parameter), each
+    size against the next larger: f* of both and the difference f*(larger) − f*(smaller) with
+    a 95% interval from their replicates (drawn independently per cell, so paired index by
+    index). S_total is the pair's geometric mean; S agreeing within 2% counts as equal.
+
+    Were f* a function of S alone, as the paper's predictor has it, the differences would
+    scatter around 0; an interval away from 0 is a cell where size moved f*."""
+    c = optima.cells.assign(S_key=_same_s(optima.cells))
+    q = (1 - CI_LEVEL) / 2
+    rows = []
+    for (b, _), group in c.groupby(["B", "S_key"], sort=True):
+        ordered = group.sort_values("N")
+        s = float(np.exp(np.log(ordered.S_total).mean()))
+        for (i, small), (j, large) in zip(
+            ordered.iterrows(), list(ordered.iterrows())[1:], strict=False
+        ):
+            diff = optima.replicates[j] - optima.replicates[i]
+            rows.append(
+                {
+                    "B": b,
+                    "S_total": s,
+                    "N_small": small.N,
+                    "N_large": large.N,
+                    "f_small": small.f_star,
+                    "f_large": large.f_star,
+                    "diff": large.f_star - small.f_star,
+                    "diff_lo": float(np.quantile(diff, q)),
+                    "diff_hi": float(np.quantile(diff, 1 - q)),
+                    "censored": ",".join(
+                        sorted({x for x in (small.censored, large.censored) if x})
+                    ),
+                }
+            )
+    columns = ["B", "S_total", "N_small", "N_large", "f_small", "f_large", "diff", "diff_lo"]
+    return pd.DataFrame(rows, columns=[*columns, "diff_hi", "censored"])

@@ -51,7 +51,7 @@ from analysis.grid_stats import (
     wasted_compute,
 )
 from analysis.law import FittedLaw, bits_key
-from analysis.optima import CellOptima, cell_optima, optimum_trend, subset
+from analysis.optima import CellOptima, cell_optima, optimum_trend, size_pairs, subset
 from analysis.predict import law_optima, wasted_tokens_table
 from analysis.repetition import repetition
 from analysis.repro_md import plain, render_markdown
@@ -131,6 +131,7 @@ def optima_section(optima: CellOptima, law: FittedLaw, seed: int) -> dict[str, A
             for b in sorted(optima.cells.B.unique())
         },
         "law_trend": rank_trend(at_law.S_total, at_law.qat_frac.round(4)),
+        "size_pairs": size_pairs(optima).to_dict("records"),
         "cells": cells.to_dict("records"),
     }
 

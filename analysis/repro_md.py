@@ -109,7 +109,7 @@ def md_optima(o: dict[str, Any]) -> list[str]:
         f"uncensored cells only: {interval(t['rho_S_uncensored'])} ({t['rho_S_uncensored']['n']})",
         f"- law's f* at the same cells: ρ = {law_rho}",
         f"- is f* a function of S alone? ρ(f* − f̂(S), N): {interval(t['rho_residual_N'])} "
-        "(an interval away from 0: N matters beyond S)",
+        f"({_residual_verdict(t['rho_residual_N'])}); sizes at equal S are compared below",
         f"- predictor f̂(S) = exp(−a / ln S): **a = {interval(t['a'])}** "
         f"against the paper's {t['paper_a']} "
         f"({'inside' if t['paper_a_in_ci'] else 'outside'} the interval)",
@@ -140,7 +140,50 @@ def md_optima(o: dict[str, Any]) -> list[str]:
         for c in o["cells"]
     ]
     header = ["N", "D_total", "bits", "S_total", "f* runs [95%]", "censored", "f* law", "from"]
-    return [*lines, *table(header, rows)]
+    return [*lines, *table(header, rows), *md_size_pairs(o.get("size_pairs", []))]
+
+
+def _residual_verdict(rho: dict[str, Any]) -> str:
+    if rho["lo"] is None:
+        return "undetermined"
+    if rho["lo"] > 0 or rho["hi"] < 0:
+        return "away from 0: N matters beyond S"
+    return "the interval holds 0: no sign here that N matters beyond S"
+
+
+def md_size_pairs(pairs: list[dict[str, Any]]) -> list[str]:
+    """Each size against the next larger at the same bits and S (analysis.optima.size_pairs)."""
+    title = "### Sizes at equal S"
+    if not pairs:
+        return ["", title, "", "Not available: no two sizes share a (bits, S_total) cell.", ""]
+    lower = sum(p["diff"] < 0 for p in pairs)
+    higher = sum(p["diff"] > 0 for p in pairs)
+    below = sum(p["diff_hi"] < 0 for p in pairs)
+    above = sum(p["diff_lo"] > 0 for p in pairs)
+    rows = [
+        [
+            bits_key(p["B"]),
+            f"{p['S_total']:.0f}",
+            f"{p['N_small']:.3g} → {p['N_large']:.3g}",
+            f"{p['f_small']:.3g} → {p['f_large']:.3g}",
+            f"{p['diff']:+.3g} [{p['diff_lo']:+.3g}, {p['diff_hi']:+.3g}]",
+            p["censored"] or "–",
+        ]
+        for p in pairs
+    ]
+    return [
+        "",
+        title,
+        "",
+        "Were f* a function of S alone (the paper's predictor), a larger model at the same bits "
+        "and tokens per parameter would have the same f*. The larger size's f* is lower in "
+        f"{lower}, higher in {higher} and equal in {len(pairs) - lower - higher} of "
+        f"{len(pairs)} pairs; the difference's 95% interval is below 0 in {below} and above 0 "
+        f"in {above}. A censored f* (at the grid's top) bounds the difference only on one side.",
+        "",
+        *table(["bits", "S_total", "N", "f*", "difference [95%]", "censored"], rows),
+        "",
+    ]
 
 
 def md_noise(s: dict[str, Any]) -> list[str]:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis.law import QAT
-from analysis.optima import cell_optima, optimum_trend, subset
+from analysis.optima import cell_optima, optimum_trend, size_pairs, subset
 from analysis.predict import fit_predictor
 from analysis.synthetic import TRUE_QAT_PARAMS, seeded_grid
 
@@ -103,3 +103,50 @@ def test_a_subset_keeps_each_cells_replicates(seeded):
 def test_cells_with_fewer_than_three_fractions_are_left_out():
     runs = seeded_grid(sizes=(1e8,), bits=(2,), tokens_per_param=(40,), fractions=(0.1, 0.3))
     assert cell_optima(runs).cells.empty
+
+
+def _size_pairs_of(params) -> pd.DataFrame:
+    runs = seeded_grid(params, **GRID, seeds=(0, 1, 2), seed_shift=0.003, noise=0.0005)
+    return size_pairs(cell_optima(runs))
+
+
+def test_sizes_at_equal_s_agree_on_f_star_when_the_hidden_law_depends_on_s_alone():
+    pairs = _size_pairs_of(TRUE_QAT_PARAMS)  # ψ = ν = 0.1: N barely moves f*
+    assert len(pairs) == 4 * 4  # bits × tokens per parameter, one size pair each
+    assert (pairs.N_small == 5e7).all() and (pairs.N_large == 2e8).all()
+    assert ((pairs.diff_lo <= pairs["diff"]) & (pairs["diff"] <= pairs.diff_hi)).all()
+    away_from_zero = (pairs.diff_hi < 0) | (pairs.diff_lo > 0)
+    assert away_from_zero.sum() <= 2
+
+
+def test_sizes_at_equal_s_show_the_larger_model_needing_less_qat_when_the_law_says_so():
+    # The pure QAT penalty falls as N^-1.1 instead of N^-0.1 (unchanged at N = 1e8): a larger
+    # model at the same S pays less for quantization, so its f* is lower.
+    n0, extra = 1e8, 1.0
+    params = {
+        **TRUE_QAT_PARAMS,
+        "psi": TRUE_QAT_PARAMS["psi"] + extra,
+        "phi": TRUE_QAT_PARAMS["phi"] * n0**extra,
+    }
+    pairs = _size_pairs_of(params)
+    assert (pairs["diff"] > 0).sum() <= 2
+    assert (pairs.diff_hi < 0).sum() >= 4 and (pairs.diff_lo > 0).sum() == 0
+
+
+def test_three_sizes_pair_each_with_the_next_larger():
+    runs = seeded_grid(
+        sizes=(5e7, 1e8, 2e8), bits=(4,), tokens_per_param=(40,), fractions=FRACTIONS, seeds=(0,)
+    )
+    pairs = size_pairs(cell_optima(runs))
+    assert list(zip(pairs.N_small, pairs.N_large, strict=True)) == [(5e7, 1e8), (1e8, 2e8)]
+
+
+def test_s_within_rounding_of_a_step_counts_as_equal():
+    runs = seeded_grid(sizes=(5e7, 2e8), bits=(4,), tokens_per_param=(40,), fractions=FRACTIONS)
+    big = runs.N == 2e8
+    runs.loc[big, ["D_total", "D_fp", "D_qat"]] *= 1.01  # a budget rounded up to whole steps
+    optima = cell_optima(runs)
+    pairs = size_pairs(optima)
+    assert len(pairs) == 1 and pairs.S_total.iloc[0] == pytest.approx(80 * 1.005, rel=1e-3)
+    runs.loc[big, ["D_total", "D_fp", "D_qat"]] *= 1.05  # another budget: no pair
+    assert size_pairs(cell_optima(runs)).empty
