@@ -48,6 +48,7 @@ from analysis.grid_stats import (
 )
 from analysis.law import bits_key
 from analysis.predict import PAPER_A, predicted_fraction
+from analysis.repro import integer_family
 from analysis.repro_md import num, plain, table
 
 log = logging.getLogger("reports.mini")
@@ -287,7 +288,14 @@ def write_summary(summary: dict, out: Path) -> list[Path]:
 def run(runs_file: Path, out: Path, progress: bool = False, **fit_kwargs: Any) -> dict[str, Any]:
     """The mini report of a runs file into `out`: the law's files and the summary; returns the
     summary."""
-    runs = read_table(runs_file)
+    table = read_table(runs_file)
+    runs = integer_family(table)
+    if left_out := len(table) - len(runs):
+        log.info(
+            "left out %d runs of float formats: this report compares the integer family; "
+            "see make formats-report",
+            left_out,
+        )
     if qat_rows(runs, False).empty:
         raise AnalysisError(
             f"runs file {str(runs_file)!r} has no classic QAT runs (B < 16, D_fp > 0, D_qat > 0, "

@@ -202,3 +202,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     fp = str(tmp_path / "fp.csv")
     proc = run_module("reports.mini", fp, "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: runs file")
+
+
+def test_float_format_runs_are_left_to_the_formats_report(tmp_path, capsys, caplog):
+    # Every QAT run in a float format: nothing of the integer family is left to fit.
+    runs = grid(sizes=(1e6,), classic=(0.2, 0.5), fused=()).query("B == 4 or B >= 16").copy()
+    runs["format"] = np.where(runs.B < 16, "fp4_e2m1", "int")
+    runs.to_csv(tmp_path / "floats.csv", index=False)
+    with caplog.at_level("INFO", logger="reports.mini"):
+        assert mini.main([str(tmp_path / "floats.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert f"left out {int((runs.B < 16).sum())} runs of float formats" in caplog.text
+    assert "has no classic QAT runs" in capsys.readouterr().err
