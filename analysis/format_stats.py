@@ -33,7 +33,7 @@ from analysis.grid_stats import qat_rows
 from analysis.law import INT_FORMAT, FittedLaw, bits_key
 from analysis.optima import curve_noise, curve_replicates, percentile_interval
 from analysis.predict import optimal_bits, optimal_fraction
-from analysis.seed_noise import FRAC_DIGITS
+from analysis.seed_noise import FRAC_DIGITS, cell_curves
 
 N_REPLICATES = 400
 CELL_KEYS = ["N", "D_total", "label"]
@@ -122,12 +122,8 @@ def format_curves(rows: pd.DataFrame) -> dict[tuple[float, float, str], pd.DataF
     """Per (N, D_total, label): log-loss as a fractions × seeds frame (NaN where a run is
     missing); cells with < 3 fractions are left out (no interior optimum to see)."""
     table = rows.groupby([*CELL_KEYS, "frac", "seed"], as_index=False).loss.mean()
-    curves = {}
-    for key, g in table.groupby(CELL_KEYS):
-        c = np.log(g.pivot(index="frac", columns="seed", values="loss")).sort_index()
-        if len(c.dropna(how="all")) >= 3:
-            curves[key] = c
-    return curves
+    curves = cell_curves(table, CELL_KEYS)
+    return {key: c for key, c in curves.items() if len(c.dropna(how="all")) >= 3}
 
 
 def format_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> FormatOptima:

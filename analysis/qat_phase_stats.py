@@ -25,7 +25,7 @@ from analysis.anchored_fit import CI_LEVEL
 from analysis.errors import AnalysisError
 from analysis.grid_stats import qat_rows
 from analysis.optima import curve_noise, curve_replicates, percentile_interval
-from analysis.seed_noise import FRAC_DIGITS
+from analysis.seed_noise import FRAC_DIGITS, cell_curves
 
 N_REPLICATES = 400
 KNOBS = ("qat_lr_ratio", "qat_reset_moments")
@@ -126,12 +126,7 @@ def phase_curves(rows: pd.DataFrame) -> dict[tuple[Any, ...], pd.DataFrame]:
     frame (NaN where a run is missing); cells with < 3 fractions are left out."""
     keys = [*CELL_KEYS, *VARIANT_KEYS]
     table = rows.groupby([*keys, "frac", "seed"], as_index=False).loss.mean()
-    curves = {}
-    for key, g in table.groupby(keys):
-        c = np.log(g.pivot(index="frac", columns="seed", values="loss")).sort_index()
-        if len(c.dropna(how="all")) >= 3:
-            curves[key] = c
-    return curves
+    return {key: c for key, c in cell_curves(table, keys).items() if len(c.dropna(how="all")) >= 3}
 
 
 def phase_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> PhaseOptima:

@@ -12,7 +12,8 @@ The table is `analysis.collect`'s with a `seed` column; cells are classic QAT (N
 from __future__ import annotations
 
 import math
-from typing import Literal, TypedDict
+from collections.abc import Sequence
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -47,11 +48,14 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
     return q.groupby(["N", "D_total", "B", "frac", "seed"], as_index=False).loss.mean()
 
 
-def cell_curves(table: pd.DataFrame) -> dict[tuple[float, float, float], pd.DataFrame]:
-    """Per (N, D_total, B): log-loss as a fractions × seeds frame (NaN where a run is missing)."""
+def cell_curves(
+    table: pd.DataFrame, keys: Sequence[str] = ("N", "D_total", "B")
+) -> dict[tuple[Any, ...], pd.DataFrame]:
+    """Per cell (`keys`, one run per frac and seed): log-loss as a fractions × seeds frame (NaN
+    where a run is missing)."""
     return {
         key: np.log(g.pivot(index="frac", columns="seed", values="loss")).sort_index()
-        for key, g in table.groupby(["N", "D_total", "B"])
+        for key, g in table.groupby(list(keys))
     }
 
 
