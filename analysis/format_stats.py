@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from analysis.anchored_fit import CI_LEVEL
 from analysis.errors import AnalysisError
 from analysis.grid_stats import qat_rows
 from analysis.law import INT_FORMAT, FittedLaw, bits_key
-from analysis.optima import curve_noise, curve_replicates, percentile_interval
+from analysis.optima import CellOptima, curve_optima, percentile_interval
 from analysis.predict import optimal_bits, optimal_fraction
 from analysis.seed_noise import FRAC_DIGITS, cell_curves
 
@@ -104,20 +103,6 @@ def check_formats(rows: pd.DataFrame, source: str) -> None:
         )
 
 
-@dataclass
-class FormatOptima:
-    """Per (N, D_total, label) cell: N, D_total, label, format, B, width, S_total, n_fracs,
-    n_seeds, f_star, f_lo, f_hi, censored ("low", "high", ""), loss_star, method;
-    `f_reps`/`log_loss_reps`: (cells, n_rep) replicate f* and log-loss at f*; `noise` (relative)
-    and where it came from."""
-
-    cells: pd.DataFrame
-    f_reps: np.ndarray
-    log_loss_reps: np.ndarray
-    noise: float
-    noise_source: str
-
-
 def format_curves(rows: pd.DataFrame) -> dict[tuple[float, float, str], pd.DataFrame]:
     """Per (N, D_total, label): log-loss as a fractions × seeds frame (NaN where a run is
     missing); cells with < 3 fractions are left out (no interior optimum to see)."""
@@ -126,46 +111,22 @@ def format_curves(rows: pd.DataFrame) -> dict[tuple[float, float, str], pd.DataF
     return {key: c for key, c in curves.items() if len(c.dropna(how="all")) >= 3}
 
 
-def format_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> FormatOptima:
-    """f* and the loss at f* per cell, with replicates and 95% intervals (module docstring)."""
-    curves = format_curves(rows)
-    sigma, source = curve_noise(curves)
+def format_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> CellOptima:
+    """f* and the loss at f* per (N, D_total, label) cell, with replicates and 95% intervals."""
     meta = rows.drop_duplicates("label").set_index("label")
-    rng = np.random.default_rng(seed)
-    q = (1 - CI_LEVEL) / 2
-    out, f_reps, l_reps = [], [], []
-    for (n, d, label), c in curves.items():
-        r = curve_replicates(c, sigma, rng, n_rep)
-        fracs, centre, rep, method = r.fracs, r.centre, r.replicates, r.method
-        f_rep, l_rep = fracs[np.argmin(rep, axis=1)], rep.min(axis=1)
-        i = int(np.argmin(centre))
-        b = float(meta.at[label, "B"])
-        out.append(
-            {
-                "N": n,
-                "D_total": d,
-                "label": label,
-                "format": meta.at[label, "format"],
-                "B": b,
-                "width": float(meta.at[label, "width"]),
-                "S_total": d / (n * b / 8),
-                "n_fracs": len(fracs),
-                "n_seeds": c.shape[1],
-                "f_star": float(fracs[i]),
-                "f_lo": float(np.quantile(f_rep, q)),
-                "f_hi": float(np.quantile(f_rep, 1 - q)),
-                "censored": "low" if i == 0 else "high" if i == len(fracs) - 1 else "",
-                "loss_star": float(np.exp(centre[i])),
-                "method": method,
-            }
-        )
-        f_reps.append(f_rep)
-        l_reps.append(l_rep)
-    cells = pd.DataFrame(out)
-    shape = (len(out), n_rep)
-    return FormatOptima(
-        cells, np.array(f_reps).reshape(shape), np.array(l_reps).reshape(shape), sigma, source
-    )
+
+    def key_columns(key: tuple[float, float, str]) -> dict[str, Any]:
+        n, d, label = key
+        return {
+            "N": n,
+            "D_total": d,
+            "label": label,
+            "format": meta.at[label, "format"],
+            "B": float(meta.at[label, "B"]),
+            "width": float(meta.at[label, "width"]),
+        }
+
+    return curve_optima(format_curves(rows), key_columns, n_rep, seed)
 
 
 def _excludes_zero(i: dict[str, float | None]) -> bool:
@@ -173,7 +134,7 @@ def _excludes_zero(i: dict[str, float | None]) -> bool:
     return lo is not None and hi is not None and (lo > 0 or hi < 0)
 
 
-def _paired_cells(opt: FormatOptima, a: str, b: str) -> tuple[pd.DataFrame, np.ndarray]:
+def _paired_cells(opt: CellOptima, a: str, b: str) -> tuple[pd.DataFrame, np.ndarray]:
     """The (N, D_total) cells both labels have: their rows side by side (suffixes _a, _b) and
     the row indices into `opt` of each, shape (cells, 2)."""
     c = opt.cells.reset_index(names="i")
@@ -182,7 +143,7 @@ def _paired_cells(opt: FormatOptima, a: str, b: str) -> tuple[pd.DataFrame, np.n
 
 
 def compare_pair(
-    opt: FormatOptima, a: str, b: str, n_boot: int = N_REPLICATES, seed: int = 0
+    opt: CellOptima, a: str, b: str, n_boot: int = N_REPLICATES, seed: int = 0
 ) -> dict[str, Any]:
     """Format `a` against `b` over the cells both have, at the same N and D_total (so the same
     parameter count; bits per weight as the formats have them):
@@ -250,7 +211,7 @@ def compare_pair(
     }
 
 
-def format_pairs(opt: FormatOptima) -> list[tuple[str, str]]:
+def format_pairs(opt: CellOptima) -> list[tuple[str, str]]:
     """Every pair of labels of one element width, in report order (the first of a pair is the
     integer family where it takes part, else the one with fewer bits per weight)."""
     order = label_order(opt.cells)
@@ -258,7 +219,7 @@ def format_pairs(opt: FormatOptima) -> list[tuple[str, str]]:
     return [(a, b) for a, b in itertools.combinations(order, 2) if math.isclose(width[a], width[b])]
 
 
-def winners(opt: FormatOptima) -> dict[str, Any]:
+def winners(opt: CellOptima) -> dict[str, Any]:
     """Per element width: per (N, D_total) the format of lowest loss at f* and the share of
     replicates in which it is lowest; overall, the cells each format wins and its mean gap to
     the best of its cell."""
@@ -303,7 +264,7 @@ def law_f_stars(law: FittedLaw, cells: pd.DataFrame) -> list[float]:
     return [optimal_fraction(law, r.N, r.D_total, r.B, r.format)[0] for r in cells.itertuples()]
 
 
-def equal_memory(law: FittedLaw, opt: FormatOptima) -> dict[str, Any]:
+def equal_memory(law: FittedLaw, opt: CellOptima) -> dict[str, Any]:
     """Formats of one element width compared through the law at equal weight memory and equal
     training compute: for each (N, D_total) cell of the grid, memory M = N·B_min/8 (the bytes of
     the cell's model in the width's leanest format) and compute C = 6·N·D_total; each format

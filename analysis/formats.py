@@ -20,8 +20,6 @@ refused with one line.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,7 +34,6 @@ from analysis.collect import prepare, read_table
 from analysis.errors import AnalysisError
 from analysis.fit import r2_score
 from analysis.format_stats import (
-    FormatOptima,
     check_formats,
     compare_pair,
     equal_memory,
@@ -51,6 +48,14 @@ from analysis.format_stats import (
 from analysis.formats_md import render_markdown
 from analysis.grid_stats import unavailable
 from analysis.law import FP_BITS
+from analysis.optima import CellOptima
+from analysis.report_cli import (
+    add_law_fit_options,
+    law_fit_kwargs,
+    report_main,
+    report_parser,
+    write_summary,
+)
 from analysis.repro_md import plain
 
 log = logging.getLogger("analysis.formats")
@@ -117,7 +122,7 @@ def law_section(result: AnchoredFit) -> dict[str, Any]:
 def summarize(
     runs: pd.DataFrame,
     rows: pd.DataFrame,
-    opt: FormatOptima,
+    opt: CellOptima,
     result: AnchoredFit | None,
     why_no_law: str,
     source: str,
@@ -141,7 +146,7 @@ def summarize(
     }
 
 
-def figures(rows: pd.DataFrame, opt: FormatOptima) -> dict[str, Any]:
+def figures(rows: pd.DataFrame, opt: CellOptima) -> dict[str, Any]:
     """The report's figures by name."""
     cells = opt.cells
     order = label_order(rows)
@@ -198,46 +203,20 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     if result is not None:
         result.law.save(out / "law.json")
-    (out / "summary.json").write_text(
-        json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n", "utf-8"
-    )
-    (out / "summary.md").write_text(render_markdown(summary), "utf-8")
+    write_summary(out, summary, render_markdown)
     for name, fig in figures(rows, opt).items():
         plots.save(fig, out / "plots" / name, formats=("png",))
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m analysis.formats",
-        description="Number formats report of a grid: f* and the loss there per format, formats "
-        "compared at equal element bits and at equal memory, the law with format factors.",
+    ap = report_parser(
+        "python -m analysis.formats",
+        "Number formats report of a grid: f* and the loss there per format, formats compared at "
+        "equal element bits and at equal memory, the law with format factors.",
     )
-    ap.add_argument("--runs", required=True, type=Path, help="runs table (.csv/.parquet)")
-    ap.add_argument("--out", required=True, type=Path, help="output directory")
-    ap.add_argument("--starts", type=int, help="qat-law multi-starts (default: the law's own)")
-    ap.add_argument("--fp-starts", type=int, help="chinchilla multi-starts (default: its grid)")
-    ap.add_argument("--bootstrap", type=int, default=0, help="law resamples (default 0: none)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, help="processes (default: all CPUs)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        run(
-            args.runs,
-            args.out,
-            starts=args.starts,
-            fp_starts=args.fp_starts,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            workers=args.workers,
-            progress=True,
-        )
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    log.info("wrote %s", args.out / "summary.md")
-    return 0
+    add_law_fit_options(ap, bootstrap=0, bootstrap_help="law resamples (default 0: none)")
+    return report_main(ap, argv, lambda a: run(a.runs, a.out, progress=True, **law_fit_kwargs(a)))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ resample draws cells with replacement and takes one replicate f* per cell.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -36,12 +37,14 @@ QUADRATIC_WINDOW = 5
 
 @dataclass
 class CellOptima:
-    """Per cell: N, D_total, B, S_total, n_fracs, n_seeds, f_star, f_lo, f_hi, loss_star,
-    censored ("low", "high" or ""), method; `replicates`: (cells, N_REPLICATES) replicate f*;
-    `noise`: the relative noise the single-seed cells were perturbed with, and where from."""
+    """Per cell: its key columns (N, D_total, B and what else tells cells apart), S_total,
+    n_fracs, n_seeds, f_star, f_lo, f_hi, censored ("low", "high" or ""), loss_star, method;
+    `f_reps`/`log_loss_reps`: (cells, n_rep) replicate f* and log-loss at f*; `noise`: the
+    relative noise the single-seed cells were perturbed with, and where from."""
 
     cells: pd.DataFrame
-    replicates: np.ndarray
+    f_reps: np.ndarray
+    log_loss_reps: np.ndarray
     noise: float
     noise_source: str
 
@@ -121,48 +124,67 @@ def percentile_interval(value: float, samples: np.ndarray) -> dict[str, float | 
     return {"value": value, "lo": float(np.quantile(s, q)), "hi": float(np.quantile(s, 1 - q))}
 
 
-def cell_optima(runs: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> CellOptima:
-    """f* per classic cell with >= 3 fractions, its replicates and a 95% interval (see the
-    module's docstring)."""
-    curves = {
-        k: c for k, c in cell_curves(seed_table(runs)).items() if len(c.dropna(how="all")) >= 3
-    }
+def curve_optima(
+    curves: dict[Any, pd.DataFrame],
+    key_columns: Callable[[Any], dict[str, Any]],
+    n_rep: int = N_REPLICATES,
+    seed: int = 0,
+) -> CellOptima:
+    """f* and the loss at f* of each curve, with replicates and 95% intervals (see the module's
+    docstring); ``key_columns(key)`` gives a curve's first columns, N, D_total and B among them."""
     sigma, source = curve_noise(curves)
     rng = np.random.default_rng(seed)
     q = (1 - CI_LEVEL) / 2
-    rows, reps = [], []
-    for (n, d, b), c in curves.items():
+    rows, f_reps, l_reps = [], [], []
+    for key, c in curves.items():
         r = curve_replicates(c, sigma, rng, n_rep)
-        fracs, centre, method = r.fracs, r.centre, r.method
-        f_rep = fracs[np.argmin(r.replicates, axis=1)]
-        i = int(np.argmin(centre))
-        censored = "low" if i == 0 else "high" if i == len(fracs) - 1 else ""
+        f_rep = r.fracs[np.argmin(r.replicates, axis=1)]
+        i = int(np.argmin(r.centre))
+        cell = key_columns(key)
         rows.append(
             {
-                "N": n,
-                "D_total": d,
-                "B": b,
-                "S_total": d / (n * b / 8),
-                "n_fracs": len(fracs),
+                **cell,
+                "S_total": cell["D_total"] / (cell["N"] * cell["B"] / 8),
+                "n_fracs": len(r.fracs),
                 "n_seeds": c.shape[1],
-                "f_star": float(fracs[i]),
+                "f_star": float(r.fracs[i]),
                 "f_lo": float(np.quantile(f_rep, q)),
                 "f_hi": float(np.quantile(f_rep, 1 - q)),
-                "loss_star": float(np.exp(centre[i])),
-                "censored": censored,
-                "method": method,
+                "censored": "low" if i == 0 else "high" if i == len(r.fracs) - 1 else "",
+                "loss_star": float(np.exp(r.centre[i])),
+                "method": r.method,
             }
         )
-        reps.append(f_rep)
-    cells = pd.DataFrame(rows)
-    return CellOptima(cells, np.array(reps).reshape(len(rows), n_rep), sigma, source)
+        f_reps.append(f_rep)
+        l_reps.append(r.replicates.min(axis=1))
+    shape = (len(rows), n_rep)
+    return CellOptima(
+        pd.DataFrame(rows),
+        np.array(f_reps).reshape(shape),
+        np.array(l_reps).reshape(shape),
+        sigma,
+        source,
+    )
+
+
+def cell_optima(runs: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> CellOptima:
+    """f* per classic (N, D_total, B) cell with >= 3 fractions, its replicates and a 95%
+    interval."""
+    curves = {
+        k: c for k, c in cell_curves(seed_table(runs)).items() if len(c.dropna(how="all")) >= 3
+    }
+    return curve_optima(
+        curves, lambda key: dict(zip(("N", "D_total", "B"), key, strict=True)), n_rep, seed
+    )
 
 
 def subset(optima: CellOptima, keep: pd.Series) -> CellOptima:
     """The cells where `keep` (aligned with `optima.cells`) holds, with their replicates."""
     mask = keep.to_numpy(dtype=bool)
     cells = optima.cells[mask].reset_index(drop=True)
-    return CellOptima(cells, optima.replicates[mask], optima.noise, optima.noise_source)
+    return CellOptima(
+        cells, optima.f_reps[mask], optima.log_loss_reps[mask], optima.noise, optima.noise_source
+    )
 
 
 class Interval(TypedDict):
@@ -230,11 +252,11 @@ def optimum_trend(optima: CellOptima, n_boot: int = N_REPLICATES, seed: int = 0)
     keep = (c.censored == "").to_numpy()
     point = _stats(S, N, c.f_star.to_numpy(float), keep)
     rng = np.random.default_rng(seed)
-    n_rep = optima.replicates.shape[1]
+    n_rep = optima.f_reps.shape[1]
     samples = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(c), size=len(c))
-        f = optima.replicates[idx, rng.integers(0, n_rep, size=len(c))]
+        f = optima.f_reps[idx, rng.integers(0, n_rep, size=len(c))]
         samples.append(_stats(S[idx], N[idx], f, keep[idx]))
     boot = np.array(samples, dtype=float).reshape(n_boot, 4)
     n_ok = int((S > 1).sum())
@@ -287,7 +309,7 @@ def size_pairs(optima: CellOptima) -> pd.DataFrame:
         for (i, small), (j, large) in zip(
             ordered.iterrows(), list(ordered.iterrows())[1:], strict=False
         ):
-            diff = optima.replicates[j] - optima.replicates[i]
+            diff = optima.f_reps[j] - optima.f_reps[i]
             rows.append(
                 {
                     "B": b,

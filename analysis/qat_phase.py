@@ -17,8 +17,6 @@ refused with one line and nothing is written.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -40,6 +38,7 @@ from analysis.qat_phase_stats import (
     variant_label,
     variant_order,
 )
+from analysis.report_cli import report_main, report_parser, write_summary
 from analysis.repro_md import num, plain
 
 log = logging.getLogger("analysis.qat_phase")
@@ -150,33 +149,20 @@ def run(runs_file: Path, out: Path, *, seed: int = 0) -> dict[str, Any]:
         }
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(
-        json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n", "utf-8"
-    )
-    (out / "summary.md").write_text(render_markdown(summary), "utf-8")
+    write_summary(out, summary, render_markdown)
     fig = qat_phase_plots.loss_vs_fraction(rows, opt.cells, summary["variants"])
     plots.save(fig, out / "plots" / "loss_vs_fraction", formats=("png",))
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m analysis.qat_phase",
-        description="The QAT phase's knobs report of a grid: f* and the loss there per variant "
-        "(QAT peak learning rate, Adam's moments kept or reset), each against the baseline.",
+    ap = report_parser(
+        "python -m analysis.qat_phase",
+        "The QAT phase's knobs report of a grid: f* and the loss there per variant (QAT peak "
+        "learning rate, Adam's moments kept or reset), each against the baseline.",
     )
-    ap.add_argument("--runs", required=True, type=Path, help="runs table (.csv/.parquet)")
-    ap.add_argument("--out", required=True, type=Path, help="output directory")
     ap.add_argument("--seed", type=int, default=0, help="seed of the replicates and bootstrap")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        run(args.runs, args.out, seed=args.seed)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    log.info("wrote %s", args.out / "summary.md")
-    return 0
+    return report_main(ap, argv, lambda a: run(a.runs, a.out, seed=a.seed))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ over the cells where f* differs. A shift is called only when its 95% interval ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from scipy.stats import binomtest
 from analysis.anchored_fit import CI_LEVEL
 from analysis.errors import AnalysisError
 from analysis.grid_stats import qat_rows
-from analysis.optima import curve_noise, curve_replicates, percentile_interval
+from analysis.optima import CellOptima, curve_optima, percentile_interval
 from analysis.seed_noise import FRAC_DIGITS, cell_curves
 
 N_REPLICATES = 400
@@ -107,20 +106,6 @@ def check_variants(rows: pd.DataFrame, source: str) -> None:
         )
 
 
-@dataclass
-class PhaseOptima:
-    """Per (N, D_total, B, variant) cell: N, D_total, B, qat_lr_ratio, qat_reset_moments, variant,
-    S_total, n_fracs, n_seeds, f_star, f_lo, f_hi, censored ("low", "high", ""), loss_star,
-    method; `f_reps`/`log_loss_reps`: (cells, n_rep) replicate f* and log-loss at f*; `noise`
-    (relative) and where it came from."""
-
-    cells: pd.DataFrame
-    f_reps: np.ndarray
-    log_loss_reps: np.ndarray
-    noise: float
-    noise_source: str
-
-
 def phase_curves(rows: pd.DataFrame) -> dict[tuple[Any, ...], pd.DataFrame]:
     """Per (N, D_total, B, qat_lr_ratio, qat_reset_moments): log-loss as a fractions × seeds
     frame (NaN where a run is missing); cells with < 3 fractions are left out."""
@@ -129,47 +114,21 @@ def phase_curves(rows: pd.DataFrame) -> dict[tuple[Any, ...], pd.DataFrame]:
     return {key: c for key, c in cell_curves(table, keys).items() if len(c.dropna(how="all")) >= 3}
 
 
-def phase_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> PhaseOptima:
+def phase_optima(rows: pd.DataFrame, n_rep: int = N_REPLICATES, seed: int = 0) -> CellOptima:
     """f* and the loss at f* per cell and variant, with replicates and 95% intervals."""
-    curves = phase_curves(rows)
-    sigma, source = curve_noise(curves)
-    rng = np.random.default_rng(seed)
-    q = (1 - CI_LEVEL) / 2
-    out, f_reps, l_reps = [], [], []
-    for (n, d, b, ratio, reset), c in curves.items():
-        r = curve_replicates(c, sigma, rng, n_rep)
-        fracs, centre, rep, method = r.fracs, r.centre, r.replicates, r.method
-        f_rep, l_rep = fracs[np.argmin(rep, axis=1)], rep.min(axis=1)
-        i = int(np.argmin(centre))
-        out.append(
-            {
-                "N": n,
-                "D_total": d,
-                "B": b,
-                "qat_lr_ratio": float(ratio),
-                "qat_reset_moments": bool(reset),
-                "variant": variant_label(ratio, reset),
-                "S_total": d / (n * b / 8),
-                "n_fracs": len(fracs),
-                "n_seeds": c.shape[1],
-                "f_star": float(fracs[i]),
-                "f_lo": float(np.quantile(f_rep, q)),
-                "f_hi": float(np.quantile(f_rep, 1 - q)),
-                "censored": "low" if i == 0 else "high" if i == len(fracs) - 1 else "",
-                "loss_star": float(np.exp(centre[i])),
-                "method": method,
-            }
-        )
-        f_reps.append(f_rep)
-        l_reps.append(l_rep)
-    shape = (len(out), n_rep)
-    return PhaseOptima(
-        pd.DataFrame(out),
-        np.array(f_reps).reshape(shape),
-        np.array(l_reps).reshape(shape),
-        sigma,
-        source,
-    )
+
+    def key_columns(key: tuple[Any, ...]) -> dict[str, Any]:
+        n, d, b, ratio, reset = key
+        return {
+            "N": n,
+            "D_total": d,
+            "B": b,
+            "qat_lr_ratio": float(ratio),
+            "qat_reset_moments": bool(reset),
+            "variant": variant_label(ratio, reset),
+        }
+
+    return curve_optima(phase_curves(rows), key_columns, n_rep, seed)
 
 
 def _direction(i: dict[str, float | None]) -> int:
@@ -190,7 +149,7 @@ def changed_knobs(ratio: float, reset: bool) -> list[str]:
 
 
 def compare_variant(
-    opt: PhaseOptima, ratio: float, reset: bool, n_boot: int = N_REPLICATES, seed: int = 0
+    opt: CellOptima, ratio: float, reset: bool, n_boot: int = N_REPLICATES, seed: int = 0
 ) -> dict[str, Any]:
     """A variant against the baseline over the (N, D_total, B) cells both have: per cell the
     shift of f* and the relative change of the loss at f* (with its replicate interval); overall
@@ -272,6 +231,6 @@ def knob_verdicts(comparisons: list[dict[str, Any]]) -> dict[str, list[dict[str,
     return out
 
 
-def compare_all(opt: PhaseOptima, variants: list[tuple[float, bool]], seed: int = 0) -> list[dict]:
+def compare_all(opt: CellOptima, variants: list[tuple[float, bool]], seed: int = 0) -> list[dict]:
     """Every variant but the baseline against it, in `variants`' order."""
     return [compare_variant(opt, r, m, seed=seed) for r, m in variants if (r, m) != BASELINE]

@@ -25,8 +25,6 @@ options give the same bytes.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -54,6 +52,13 @@ from analysis.law import FittedLaw, bits_key
 from analysis.optima import CellOptima, cell_optima, optimum_trend, size_pairs, subset
 from analysis.predict import law_optima, wasted_tokens_table
 from analysis.repetition import repetition
+from analysis.report_cli import (
+    add_law_fit_options,
+    law_fit_kwargs,
+    report_main,
+    report_parser,
+    write_summary,
+)
 from analysis.repro_md import plain, render_markdown
 from analysis.seed_noise import seed_noise
 
@@ -219,46 +224,20 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     result.law.save(out / "law.json")
     result.qat.residuals.to_csv(out / "residuals.csv", index=False, float_format="%.10g")
-    (out / "summary.json").write_text(
-        json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n", "utf-8"
-    )
-    (out / "summary.md").write_text(render_markdown(summary), "utf-8")
+    write_summary(out, summary, render_markdown)
     for name, fig in figures(result, runs, summary).items():
         plots.save(fig, out / "plots" / name, formats=("png",))
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m analysis.repro",
-        description="Reproduction report of a grid: anchored law fit with bootstrap intervals, "
-        "f* with uncertainty, seed noise, wasted compute, fusion, memory-budget advice.",
+    ap = report_parser(
+        "python -m analysis.repro",
+        "Reproduction report of a grid: anchored law fit with bootstrap intervals, f* with "
+        "uncertainty, seed noise, wasted compute, fusion, memory-budget advice.",
     )
-    ap.add_argument("--runs", required=True, type=Path, help="runs table (.csv/.parquet)")
-    ap.add_argument("--out", required=True, type=Path, help="output directory")
-    ap.add_argument("--starts", type=int, help="qat-law multi-starts (default: the law's own)")
-    ap.add_argument("--fp-starts", type=int, help="chinchilla multi-starts (default: its grid)")
-    ap.add_argument("--bootstrap", type=int, default=100, help="cluster resamples (default 100)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, help="processes (default: all CPUs)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        run(
-            args.runs,
-            args.out,
-            starts=args.starts,
-            fp_starts=args.fp_starts,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            workers=args.workers,
-            progress=True,
-        )
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    log.info("wrote %s", args.out / "summary.md")
-    return 0
+    add_law_fit_options(ap, bootstrap=100, bootstrap_help="cluster resamples (default 100)")
+    return report_main(ap, argv, lambda a: run(a.runs, a.out, progress=True, **law_fit_kwargs(a)))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def block_scales(u: Tensor, enc: ElementEncoding, blocks: BlockScaling) -> Tenso
         tensor_amax = u.abs().amax()
         # Divided by a tensor: torch on CUDA turns a division by a Python number into a
         # multiply by its rounded reciprocal, which would make s_t differ from the CPU's by an ulp.
-        denominator = tensor_amax.new_tensor(enc.max_normal * FP8_E4M3.max_normal)
+        # Filled on the device, not copied from the host: a CUDA graph can capture a fill.
+        denominator = torch.full_like(tensor_amax, enc.max_normal * FP8_E4M3.max_normal)
         per_tensor = torch.where(tensor_amax > 0, tensor_amax / denominator, 1.0)
         scale = per_tensor * round_to_grid(amax / (enc.max_normal * per_tensor), FP8_E4M3)
     expanded = scale.expand(rows, amax.shape[1], blocks.block_size)

@@ -4,8 +4,8 @@ A backend is ``fn(w, scale, fmt) -> ŵ``; it must be differentiable with the gra
 ``reference.py``. "reference" is built in. A CUDA kernel plugs in with
 ``register_backend("cuda", fn, available)``, and ``kernel="auto"`` then uses it wherever its
 ``available(w)`` says yes. Float formats (minifloats, MX, NV) take the CUDA kernel only when
-asked (``kernel="cuda"``): its arithmetic is checked bit for bit against the reference on the
-CPU, and ``auto`` keeps the reference for them until the kernel's GPU tests have passed on a GPU.
+asked (``kernel="cuda"``): it equals the reference bit for bit (on the CPU and on a GPU), and
+``auto`` keeps the reference for them until the kernel is measured faster (bench/fake_quant.py).
 """
 
 from __future__ import annotations

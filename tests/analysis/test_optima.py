@@ -97,7 +97,7 @@ def test_a_subset_keeps_each_cells_replicates(seeded):
     one_bit = subset(seeded, seeded.cells.B.eq(1))
     assert len(one_bit.cells) == 8 and (one_bit.cells.B == 1).all()
     rows = np.flatnonzero(seeded.cells.B.eq(1).to_numpy())
-    np.testing.assert_array_equal(one_bit.replicates, seeded.replicates[rows])
+    np.testing.assert_array_equal(one_bit.f_reps, seeded.f_reps[rows])
 
 
 def test_cells_with_fewer_than_three_fractions_are_left_out():

@@ -140,3 +140,24 @@ def test_compiled_op_is_one_graph_and_bitwise_equal(name):
     eager = run("cuda", w, alpha, g, fmt)
     assert torch.equal(out, eager[0]) and torch.equal(grads[0], eager[1])
     assert torch.equal(grads[1], eager[2])
+
+
+@pytest.mark.parametrize("name", FLOAT_FORMATS)
+def test_the_reference_replays_from_a_cuda_graph(name):
+    """bench/fake_quant.py times every path as a captured CUDA graph: the reference must copy
+    nothing from the host while captured (NVFP4's per-tensor scale once did)."""
+    fmt = FLOAT_FORMATS[name]
+    w, alpha = float_cases.random_case((64, 256), fmt, seed=18)
+    w, alpha = w.to("cuda", torch.bfloat16), alpha.cuda()
+    eager = fake_quant(w, alpha, fmt, "reference")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # a warm-up off the default stream, as capture wants
+        fake_quant(w, alpha, fmt, "reference")
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fake_quant(w, alpha, fmt, "reference")
+    graph.replay()
+    torch.cuda.synchronize()
+    float_cases.assert_bitwise(captured, eager, f"{name}: graph replay vs eager")
