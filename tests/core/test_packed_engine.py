@@ -17,8 +17,10 @@ from qat.quant import (
     FakeQuantFunction,
     format_for_bits,
     init_scale,
+    ops,
     quantize_model,
 )
+from qat.quant.reference import reference_fake_quant
 
 CONFIG = ModelConfig(name="t", dim=32, n_layers=2, n_heads=4, ffn_dim=64)
 VOCAB = 97
@@ -85,16 +87,19 @@ def test_a_format_slice_is_each_members_own_fake_quant(bits):
 
 @pytest.mark.parametrize("kernel", ["reference", "cuda"])
 @pytest.mark.parametrize("name", sorted(FLOAT_FORMATS))
-def test_a_float_format_slice_is_each_members_own_fake_quant(name, kernel):
+def test_a_float_format_slice_is_each_members_own_fake_quant(name, kernel, monkeypatch):
     """A pack of FP, INT4 and three members of a float format: each member's weight and
     gradients are those it gets alone. The members differ in magnitude and their scales are
     off their initial values, so every member's w/α has its own amax: NVFP4's per-tensor scale
     then differs between members, and a pack that shared it would fail here. ``cuda``: the path
-    of a resolved kernel other than the reference (a float format falls back to ``auto``, on a
-    CPU the reference without the member's size), exact up to the scale gradient's rounding;
-    its INT4 member stays FP, as the CUDA kernel needs a GPU."""
+    of a resolved kernel other than the reference (one fake-quant of the stacked members, its
+    scale gradient rescaled), here with the reference registered as "cuda" since a CPU has no
+    kernel; exact up to the scale gradient's rounding."""
+    if kernel == "cuda":
+        monkeypatch.setattr(ops, "_BACKENDS", dict(ops._BACKENDS))
+        ops.register_backend("cuda", reference_fake_quant, lambda w: True)
     fmt = FLOAT_FORMATS[name]
-    int4 = format_for_bits(4) if kernel == "reference" else None
+    int4 = format_for_bits(4)
     forms = [None, int4, fmt, fmt, fmt]
     segments = [Segment(None, 0, 1), Segment(int4, 1, 2), Segment(fmt, 2, 5)]
     generator = torch.Generator().manual_seed(7)

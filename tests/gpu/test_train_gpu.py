@@ -74,6 +74,24 @@ def test_qat_cell_trains_on_the_gpu_with_the_cuda_kernel(tmp_path, corpus, compi
     assert list((tmp_path / "ckpt").iterdir())  # checkpoints were written from the GPU
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_a_float_format_cell_trains_through_the_kernel_as_through_the_reference(
+    tmp_path, corpus, fmt
+):
+    """quant.kernel=auto takes the CUDA kernel for a float format: ŵ and dL/dw equal the
+    reference's bit for bit and dL/dα differs by fp32 summation order only, so a short run
+    ends where the reference's run ends, up to that rounding carried through Adam."""
+    finals = {}
+    for kernel in ("auto", "reference"):
+        cfg = config(corpus.out_dir, compile_model=False)
+        cfg = RunConfig.from_dict({**cfg.to_dict(), "quant": {"format": fmt, "kernel": kernel}})
+        trainer = Trainer(cfg, corpus, tmp_path / kernel, make_backend(cfg))
+        initial = trainer.evaluate()
+        finals[kernel], _ = trainer.train(lambda metrics, tokens: None)
+        assert finals[kernel] < initial - 1.0
+    assert finals["auto"] == pytest.approx(finals["reference"], rel=2e-3)
+
+
 def test_compiled_reference_on_gpu_is_refused(tmp_path, corpus):
     from qat.errors import ConfigError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qat.quant import FLOAT_FORMATS, fake_quant, resolve_kernel
+from qat.quant import FLOAT_FORMATS, fake_quant
 from qat.quant.formats import QuantFormat
 from tests.quant import float_cases
 
@@ -103,14 +103,26 @@ def test_deterministic_scale_gradient(name):
     assert torch.equal(first[2], second[2])
 
 
-def test_auto_keeps_the_reference_for_a_float_format_and_it_equals_the_kernel():
-    assert resolve_kernel("auto", torch.empty(2, 2, device="cuda")) == "cuda"  # int family
-    fmt = FLOAT_FORMATS["mxfp4"]
+@pytest.mark.parametrize("name", FLOAT_FORMATS)
+def test_auto_takes_the_kernel_for_a_float_format_on_a_gpu(name, monkeypatch):
+    """auto calls the CUDA backend for a float format, and its ŵ is the reference's bit for bit."""
+    from qat.quant import ops
+
+    calls = []
+    cuda = ops._BACKENDS["cuda"]
+
+    def counted(w, scale, fmt):
+        calls.append(fmt.name)
+        return cuda.fn(w, scale, fmt)
+
+    monkeypatch.setattr(ops, "_BACKENDS", dict(ops._BACKENDS))
+    ops.register_backend("cuda", counted, cuda.available)
+    fmt = FLOAT_FORMATS[name]
     w, alpha = float_cases.random_case((8, 64), fmt, seed=14)
     w, alpha = w.cuda(), alpha.cuda()
-    float_cases.assert_bitwise(
-        fake_quant(w, alpha, fmt), fake_quant(w, alpha, fmt, "cuda"), "auto (the reference) vs cuda"
-    )
+    auto = fake_quant(w, alpha, fmt)
+    assert calls == [fmt.name]
+    float_cases.assert_bitwise(auto, fake_quant(w, alpha, fmt, "reference"), "auto vs reference")
 
 
 @pytest.mark.parametrize("name", FLOAT_FORMATS)

@@ -55,22 +55,22 @@ def test_auto_picks_an_available_cuda_backend():
         fake_quant(w.double(), a, FMT, kernel="cuda")
 
 
-def test_float_formats_take_the_cuda_backend_when_asked_and_auto_keeps_the_reference():
+def test_float_formats_take_an_available_cuda_backend_as_integer_formats_do():
     calls = []
 
     def fake_cuda(w, scale, fmt):
         calls.append(fmt.name)
         return reference_fake_quant(w, scale, fmt)
 
-    register_backend("cuda", fake_cuda, available=lambda w: True)
+    register_backend("cuda", fake_cuda, available=lambda w: w.dtype == torch.float32)
     w = torch.randn(3, 40)
     for name in FLOAT_FORMATS:
         fmt = FLOAT_FORMATS[name]
-        fake_quant(w, init_scale(w, fmt), fmt)  # auto: the reference
+        fake_quant(w, init_scale(w, fmt), fmt)  # auto
         fake_quant(w, init_scale(w, fmt), fmt, kernel="cuda")
-    assert calls == list(FLOAT_FORMATS)
-    fake_quant(w, init_scale(w, FMT), FMT)  # auto: the cuda backend for the integer family
-    assert calls[-1] == FMT.name
+        fake_quant(w, init_scale(w, fmt), fmt, kernel="reference")
+        fake_quant(w.double(), init_scale(w, fmt).double(), fmt)  # auto, unavailable: reference
+    assert calls == [name for name in FLOAT_FORMATS for _ in range(2)]
 
 
 def test_cuda_not_registered(monkeypatch):

@@ -19,7 +19,7 @@ from qat.config import ModelConfig
 from qat.engine.packed.loss import LinearCrossEntropy
 from qat.model import apply_rotary
 from qat.quant import FakeQuantFunction, QuantFormat, fake_quant
-from qat.quant.ops import AUTO, REFERENCE
+from qat.quant.ops import REFERENCE
 
 
 @dataclass(frozen=True)
@@ -90,9 +90,7 @@ def _fake_quant_members(
     else:
         if count > 1:
             alpha = _ScaleGradient.apply(alpha, math.sqrt(count))
-        # A float format takes auto's backend, as a float cell does (qat.quant.ops says which).
-        backend = AUTO if fmt.family == "float" else kernel
-        quantized = fake_quant(stacked, alpha, fmt, backend)
+        quantized = fake_quant(stacked, alpha, fmt, kernel)
     return quantized.view(count, out_features, in_features)
 
 
