@@ -7,7 +7,8 @@ model) and the tokens per parameter byte S_total, S_fp, S_qat = D / (N·B/8).
 
 What repeating the data does is measured by three more columns, from MLflow (absent from tables
 collected before them, and read back as they are): train_fraction (data.train_fraction, 1 when
-not logged), train_loss (the last train/loss point: `final_train_loss`) and epochs,
+not logged), train_part (data.train_part: which part a fraction below 1 is, "leading" when not
+logged), train_loss (the last train/loss point: `final_train_loss`) and epochs,
 the passes over the data the run made: D_total / (train split tokens × train_fraction). The
 split's tokens are the run's `data_train_tokens` param or, for a run logged before that param
 existed, another run's of the same `data_fingerprint` (equal fingerprints, equal data); NaN when
@@ -60,12 +61,12 @@ REQUIRED = ("N", "D_fp", "D_qat", "B", "loss")
 # MLflow param → column; all are required of a FINISHED run (qat.tracking_schema).
 _PARAMS = {N_PARAMS: "N", TOKENS_FP: "D_fp", TOKENS_QAT: "D_qat", BITS: "B"}
 # Columns kept as text when a file is read back (a hex run id can look like a number: "1e5...").
-TEXT_COLUMNS = ("run_id", "run_key", "model", "seed", "data", "vocab_size", "format")
+TEXT_COLUMNS = ("run_id", "run_key", "model", "seed", "data", "vocab_size", "format", "train_part")
 # The weight format param; runs logged before it existed are of the integer family.
 QUANT_FORMAT, INT_FORMAT = "quant.format", "int"
 # Config params that name the data a loss was measured on: a loss is in nats per token of it.
 DATA_SOURCE, VOCAB_SIZE = "data.source", "data.vocab_size"
-TRAIN_FRACTION = "data.train_fraction"
+TRAIN_FRACTION, TRAIN_PART = "data.train_fraction", "data.train_part"
 # The QAT phase's knobs (params of the flattened config) and the values of a run logged before them.
 QAT_LR_RATIO, QAT_RESET_MOMENTS = "schedule.qat_lr_ratio", "optim.qat_reset_moments"
 # The training loss at the end of a run is its last train/loss point: the mean loss of the steps
@@ -286,6 +287,7 @@ def from_mlflow(experiment: str, tracking_uri: str | None = None) -> pd.DataFram
             row["train_fraction"] = _number(
                 rid, "param", TRAIN_FRACTION, {TRAIN_FRACTION: 1.0, **params}
             )
+            row["train_part"] = params.get(TRAIN_PART, "leading")
             row["qat_lr_ratio"] = _number(rid, "param", QAT_LR_RATIO, {QAT_LR_RATIO: 1.0, **params})
             row["qat_reset_moments"] = _bool(
                 params.get(QAT_RESET_MOMENTS, "False"), f"run {rid}", QAT_RESET_MOMENTS

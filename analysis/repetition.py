@@ -18,7 +18,9 @@ unavailable, with the reason.
 - **Paired cells.** Each run on a fraction < 1 of the train split is matched with the run that
   differs from it only in that fraction; the difference of their validation losses is what
   seeing less data more often costs (positive: worse), set against the loss's spread over seeds
-  of the same full-data cell where the table has seeds.
+  of the same full-data cell where the table has seeds. The part (`train_part`, "leading" in a
+  table without it) is kept apart: a leading part of a split stored in corpus order is also a
+  different mix of sources, so only a spread part isolates repetition (docs/repro.md#data).
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def data_pairs(runs: pd.DataFrame) -> dict[str, Any] | Unavailable:
             "qat_frac": float(row.qat_frac),
             "seed": str(getattr(row, "seed", "")),
             "train_fraction": float(row.train_fraction),
+            "train_part": str(getattr(row, "train_part", "leading")),
             "epochs": float(getattr(row, "epochs", math.nan)),
             "epochs_full": float(getattr(row, "epochs_full", math.nan)),
             "loss": float(row.loss),
@@ -187,14 +190,20 @@ def data_pairs(runs: pd.DataFrame) -> dict[str, Any] | Unavailable:
             pair["gap"] = float(row.loss - row.train_loss)
             pair["gap_full"] = float(row.loss_full - row.train_loss_full)
         pairs.append(pair)
-    diffs = np.array([p["diff"] for p in pairs])
     noise = [p["seed_std_full"] for p in pairs if math.isfinite(p["seed_std_full"])]
+    by_part = {}
+    for part in sorted({p["train_part"] for p in pairs}):
+        of_part = [p for p in pairs if p["train_part"] == part]
+        by_part[part] = {
+            "pairs": len(of_part),
+            "mean_diff": float(np.mean([p["diff"] for p in of_part])),
+            "mean_diff_rel": float(np.mean([p["diff_rel"] for p in of_part])),
+        }
     return {
         "available": True,
         "pairs": pairs,
         "unpaired": len(reduced) - len(paired),
-        "mean_diff": float(diffs.mean()),
-        "mean_diff_rel": float(np.mean([p["diff_rel"] for p in pairs])),
+        "by_part": by_part,
         "seed_std_median": float(np.median(noise)) if noise else math.nan,
     }
 

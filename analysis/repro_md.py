@@ -370,7 +370,7 @@ def md_repetition(r: dict[str, Any]) -> list[str]:
             bits_key(p["B"]),
             f"{p['qat_frac']:g}",
             p["seed"] or "–",
-            f"{p['train_fraction']:g}",
+            f"{p['train_fraction']:g} {p['train_part']}",
             f"{num(p['epochs'], '.3g')} / {num(p['epochs_full'], '.3g')}",
             f"{p['loss']:.4f} / {p['loss_full']:.4f}",
             f"{p['diff']:+.4f} ({100 * p['diff_rel']:+.2f}%)",
@@ -385,7 +385,7 @@ def md_repetition(r: dict[str, Any]) -> list[str]:
         "bits",
         "QAT fraction",
         "seed",
-        "train fraction",
+        "train part",
         "epochs part / all",
         "loss part / all",
         "part − all",
@@ -399,10 +399,15 @@ def md_repetition(r: dict[str, Any]) -> list[str]:
         "loss over seeds.",
         "",
         *table(head, rows),
-        f"- mean part − all: {pairs['mean_diff']:+.4f} nats "
-        f"({100 * pairs['mean_diff_rel']:+.2f}%); median seed std of the full-data cells: "
-        f"{num(pairs['seed_std_median'])}; runs on part of the split without their full-data "
-        f"cell: {pairs['unpaired']}",
+        *(
+            f"- mean part − all, {part} part ({e['pairs']} pairs): {e['mean_diff']:+.4f} nats "
+            f"({100 * e['mean_diff_rel']:+.2f}%)"
+            for part, e in pairs["by_part"].items()
+        ),
+        f"- median seed std of the full-data cells: {num(pairs['seed_std_median'])}; runs on "
+        f"part of the split without their full-data cell: {pairs['unpaired']}; a leading part "
+        "of a split stored in corpus order is also another mix of sources, a spread part only "
+        "sees each token more often",
         "",
     ]
 

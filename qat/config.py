@@ -15,6 +15,9 @@ from typing import Any
 from qat.errors import ConfigError, unknown_key
 from qat.units import parse_count
 
+# Which part of the train split a data.train_fraction below 1 trains on (qat.data.loader).
+TRAIN_PARTS = ("leading", "spread")
+
 ALLOWED_BITS = (1.0, 1.58, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
 FP_BITS = 16.0
 # quant.format: "int" is the ParetoQ integer family chosen by bits; the float formats (listed in
@@ -74,9 +77,13 @@ class DataConfig:
     batch_size: int = 32
     eval_tokens: int = 65536
     cache_dir: str | None = None  # where shards live; not part of the run key
-    # Train on the leading fraction of the train split only (validation unchanged): what
-    # repeating the data more often does to a cell. At 1.0 it stays out of the run key.
+    # Train on a fraction of the train split only (validation unchanged): what repeating the
+    # data more often does to a cell. At 1.0 it stays out of the run key.
     train_fraction: float = 1.0
+    # Which part a fraction below 1 is (qat.data.loader): "leading" (the split's first tokens,
+    # in corpus order) or "spread" (windows drawn across the whole split). Out of the run key
+    # at "leading" or a fraction of 1.0, so every key recorded before it existed stays.
+    train_part: str = "leading"
 
 
 @dataclass(frozen=True)
@@ -249,6 +256,10 @@ class RunConfig:
         _require(d.batch_size > 0, f"data.batch_size={d.batch_size} > 0")
         _require(d.eval_tokens >= d.seq_len, f"data.eval_tokens={d.eval_tokens} >= data.seq_len")
         _require(0.0 < d.train_fraction <= 1.0, f"data.train_fraction={d.train_fraction} in (0, 1]")
+        _require(
+            d.train_part in TRAIN_PARTS,
+            f"data.train_part={d.train_part} in {{{', '.join(TRAIN_PARTS)}}}",
+        )
         tokens_per_step = d.seq_len * d.batch_size
         budget = f"tokens={self.tokens}"
         if self.tokens_per_param is not None:
@@ -388,10 +399,13 @@ SECTIONS: dict[str, type] = {
 
 
 def data_science(data: DataConfig) -> dict[str, Any]:
-    """The data settings that change a result: all but where the shards live, and the train
-    fraction only below 1.0 (so every key recorded before it existed stays as it was)."""
+    """The data settings that change a result: all but where the shards live, the train
+    fraction only below 1.0 and its part only when not "leading" (so every key recorded before
+    they existed stays as it was)."""
     values = dataclasses.asdict(data)
     values.pop("cache_dir")
+    if values["train_fraction"] == 1.0 or values["train_part"] == "leading":
+        values.pop("train_part")
     if values["train_fraction"] == 1.0:
         values.pop("train_fraction")
     return values

@@ -208,13 +208,15 @@ def run_name(config: RunConfig) -> str:
 
 def data_label(config: RunConfig) -> str:
     """The corpus and vocabulary in a few characters: bundled-v2048, mytexts-v8192; a train
-    fraction below 1 follows: bundled-v2048-train0.5."""
+    fraction below 1 follows: bundled-v2048-train0.5 (its first half), bundled-v2048-spread0.5
+    (half of its windows, drawn across it)."""
     source = config.data.source
     if source.startswith("hf:"):
         source = source[len("hf:") :].split(":")[0]
     name = Path(source.rstrip("/")).name or source
     fraction = config.data.train_fraction
-    return f"{name}-v{config.data.vocab_size}" + (f"-train{fraction:g}" if fraction < 1 else "")
+    part = "train" if config.data.train_part == "leading" else config.data.train_part
+    return f"{name}-v{config.data.vocab_size}" + (f"-{part}{fraction:g}" if fraction < 1 else "")
 
 
 def ensure_store(uri: str) -> None:

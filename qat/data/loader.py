@@ -12,8 +12,14 @@ a batch that reaches the end of an epoch is completed from the start of the next
 then hold a window twice), and no window is ever skipped. The cursor is the pair (epoch,
 position in that epoch's permutation) of the next stream entry.
 
-``fraction`` < 1 trains on the shard's first ``floor(fraction * n_tokens)`` tokens only: the
-windows are those of that prefix, so no token after it is ever read.
+``fraction`` < 1 trains on part of the shard, chosen by ``part``:
+
+- ``leading``: the shard's first ``floor(fraction * n_tokens)`` tokens; the windows are those of
+  that prefix, so no token after it is ever read. A shard stored in corpus order then trains on
+  the sources at its start only.
+- ``spread``: ``floor(fraction * n_windows)`` of the shard's windows, drawn without replacement
+  by a PCG64 generator seeded with PART_SEED (the same part for every training seed) and kept
+  in shard order, so the part has the whole shard's mix of sources.
 """
 
 import math
@@ -24,11 +30,15 @@ from typing import cast
 import numpy as np
 import torch
 
+from qat.config import TRAIN_PARTS
 from qat.data.errors import DataError
 from qat.data.shards import read_shard
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 _COUNT_CHUNK = 1 << 24
+# Fixed, not the run's seed: every seed of a cell trains on the same part, so the seeds' spread
+# is training noise only.
+PART_SEED = 20251
 
 
 def _n_windows(tokens: np.ndarray, seq_len: int, path: Path, what: str = "") -> int:
@@ -69,16 +79,37 @@ class TokenLoader:
         seed: int,
         vocab_size: int | None = None,
         fraction: float = 1.0,
+        part: str = "leading",
     ) -> None:
         _check_batch_size(batch_size)
         if not 0.0 < fraction <= 1.0:
             raise DataError(f"fraction {fraction} is out of range; allowed (0, 1]")
+        if part not in TRAIN_PARTS:
+            raise DataError(f"part {part!r} is unknown; allowed: {', '.join(TRAIN_PARTS)}")
         self.path = Path(train_shard_path)
         tokens = read_shard(self.path, expected_vocab_size=vocab_size)
-        # A view of the memory map: the rest of the shard is never touched.
-        self.tokens = tokens if fraction == 1.0 else tokens[: math.floor(fraction * len(tokens))]
-        what = "" if fraction == 1.0 else f" (its first {fraction:g})"
-        self.n_windows = _n_windows(self.tokens, seq_len, self.path, what)
+        # The shard's window of each loader window: all of them but for a spread part.
+        self.windows: np.ndarray | None = None
+        if fraction == 1.0:
+            self.tokens = tokens
+            self.n_windows = _n_windows(tokens, seq_len, self.path)
+        elif part == "leading":
+            # A view of the memory map: the rest of the shard is never touched.
+            self.tokens = tokens[: math.floor(fraction * len(tokens))]
+            self.n_windows = _n_windows(
+                self.tokens, seq_len, self.path, f" (its first {fraction:g})"
+            )
+        else:
+            self.tokens = tokens
+            n_all = _n_windows(tokens, seq_len, self.path)
+            self.n_windows = math.floor(fraction * n_all)
+            if self.n_windows < 1:
+                raise DataError(
+                    f"shard {self.path} has {n_all} windows of seq_len {seq_len}; "
+                    f"a fraction {fraction:g} of them is none"
+                )
+            rng = np.random.Generator(np.random.PCG64(PART_SEED))
+            self.windows = np.sort(rng.choice(n_all, self.n_windows, replace=False))
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.seed = seed
@@ -113,7 +144,10 @@ class TokenLoader:
             self.position += take
             if self.position == self.n_windows:
                 self.epoch, self.position = self.epoch + 1, 0
-        return _gather(self.tokens, np.concatenate(windows), self.seq_len)
+        picked = np.concatenate(windows)
+        if self.windows is not None:
+            picked = self.windows[picked]
+        return _gather(self.tokens, picked, self.seq_len)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

@@ -96,6 +96,7 @@ class Trainer:
             config.data.seq_len,
             config.seed,
             fraction=config.data.train_fraction,
+            part=config.data.train_part,
         )
         self.state = TrainState()
         self._refuse_compiled_reference()

@@ -98,10 +98,34 @@ def test_half_data_runs_are_paired_with_their_full_data_cells():
     assert (pairs[1.0]["epochs"], pairs[1.0]["epochs_full"]) == (4.0, 2.0)
     assert pairs[1.0]["gap"] == pytest.approx(0.45) and pairs[1.0]["gap_full"] == pytest.approx(0.3)
     assert pairs[1.0]["seed_std_full"] == pytest.approx(np.std([4.40, 4.42], ddof=1))
-    assert result["mean_diff"] == pytest.approx(0.03)
+    assert result["by_part"] == {
+        "leading": {
+            "pairs": 2,
+            "mean_diff": pytest.approx(0.03),
+            "mean_diff_rel": pytest.approx(np.mean([0.05 / 4.40, 0.01 / 3.90])),
+        }
+    }
     assert result["seed_std_median"] == pytest.approx(
         np.median([np.std([4.40, 4.42], ddof=1), np.std([3.90, 3.93], ddof=1)])
     )
+
+
+def test_a_spread_part_is_paired_and_averaged_apart_from_a_leading_one():
+    table = half_data_table().assign(train_part="leading")
+    spread = table[(table.train_fraction < 1) & (table.qat_frac == 0.5)].assign(
+        train_part="spread", loss=[4.38, 3.95]
+    )
+    result = data_pairs(pd.concat([table, spread], ignore_index=True))
+    parts = {(p["B"], p["train_part"]): p["diff"] for p in result["pairs"]}
+    assert parts == {
+        (1.0, "leading"): pytest.approx(0.05),
+        (4.0, "leading"): pytest.approx(0.01),
+        (1.0, "spread"): pytest.approx(-0.02),
+        (4.0, "spread"): pytest.approx(0.05),
+    }
+    assert result["by_part"]["leading"]["mean_diff"] == pytest.approx(0.03)
+    assert result["by_part"]["spread"]["mean_diff"] == pytest.approx(0.015)
+    assert result["by_part"]["spread"]["pairs"] == 2
 
 
 def test_a_table_without_the_columns_says_so():

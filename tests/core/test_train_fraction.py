@@ -43,6 +43,27 @@ def test_a_leading_fraction_is_another_cell_on_another_trunk(bits):
     assert run_name(half).endswith(f"-bundled-v4096-train0.5-{half.run_key[:6]}")
 
 
+@pytest.mark.parametrize("bits", [4, 16])
+def test_a_spread_part_is_another_cell_and_leading_keeps_the_recorded_key(bits):
+    half = RunConfig.from_dict(tree(bits, train_fraction=0.5))
+    leading = RunConfig.from_dict(tree(bits, train_fraction=0.5, train_part="leading"))
+    spread = RunConfig.from_dict(tree(bits, train_fraction=0.5, train_part="spread"))
+    assert leading.run_key == half.run_key and "train_part" not in half.science()["data"]
+    assert spread.science()["data"]["train_part"] == "spread"
+    assert spread.run_key != half.run_key and trunk_key(spread) != trunk_key(half)
+    assert run_name(spread).endswith(f"-bundled-v4096-spread0.5-{spread.run_key[:6]}")
+    # The whole split has no part to choose: the cell is the whole-split one.
+    whole = RunConfig.from_dict(tree(bits, train_part="spread"))
+    assert whole.run_key == RunConfig.from_dict(tree(bits)).run_key
+
+
+def test_an_unknown_part_is_one_line():
+    with pytest.raises(
+        ConfigError, match=r"expected data\.train_part=middle in \{leading, spread\}"
+    ):
+        RunConfig.from_dict(tree(train_fraction=0.5, train_part="middle"))
+
+
 @pytest.mark.parametrize("bad", [0, -0.5, 1.5, float("nan")])
 def test_a_fraction_out_of_range_is_one_line(bad):
     with pytest.raises(ConfigError, match=r"expected data\.train_fraction=.* in \(0, 1\]"):
@@ -54,14 +75,16 @@ def test_a_fraction_that_is_not_a_number_is_one_line():
         RunConfig.from_dict(tree(train_fraction="half"))
 
 
-def test_the_data_grid_is_three_core_cells_on_half_the_split():
+def test_the_data_grid_is_three_core_cells_on_each_half_of_the_split():
     import dataclasses
 
     from qat.orchestration.grid import expand_grid
 
     half = expand_grid(["grid=repro-data"])
     core = {c.run_key for c in expand_grid(["grid=repro", "model=mini-xs", "tokens_per_param=320"])}
-    assert sorted(c.bits for c in half) == [1.0, 4.0, 16.0]
+    assert sorted((c.data.train_part, c.bits) for c in half) == [
+        (part, bits) for part in ("leading", "spread") for bits in (1.0, 4.0, 16.0)
+    ]
     for config in half:
         assert config.data.train_fraction == 0.5 and config.tracking.experiment == "repro"
         whole = dataclasses.replace(config, data=dataclasses.replace(config.data, train_fraction=1))

@@ -156,6 +156,41 @@ def test_a_fraction_reads_the_leading_part_only(shards: dict[int, Path]) -> None
     assert half.epochs_for(2000) == 2000 / 490
 
 
+def test_a_spread_fraction_reads_windows_across_the_whole_shard(shards: dict[int, Path]) -> None:
+    # 1001 tokens, seq_len 10: 100 windows; half of them drawn across the shard, the same half
+    # whatever the training seed, each visited once per epoch.
+    halves = [
+        TokenLoader(shards[1001], batch_size=10, seq_len=10, seed=s, fraction=0.5, part="spread")
+        for s in (3, 4)
+    ]
+    assert halves[0].n_windows == 50
+    seen = []
+    for half in halves:
+        epoch = torch.cat([half.next_batch()[0] for _ in range(5)])  # 50 windows: one epoch
+        windows = _windows(epoch, 10)
+        assert len(set(windows)) == 50  # no window twice within an epoch
+        for row, window in zip(epoch, windows, strict=True):
+            assert row.tolist() == list(range(window * 10, window * 10 + 10))
+        seen.append(sorted(windows))
+    assert seen[0] == seen[1]  # the part does not depend on the training seed
+    assert min(seen[0]) < 25 and max(seen[0]) >= 75  # from both ends of the shard
+    assert halves[0].epochs_for(1000) == 1000 / 500
+    # The cursor resumes inside the part as it does on the whole shard.
+    again = TokenLoader(
+        shards[1001], batch_size=10, seq_len=10, seed=3, fraction=0.5, part="spread"
+    )
+    again.load_state_dict({"epoch": 1, "position": 20})
+    halves[0].epoch, halves[0].position = 1, 20
+    assert torch.equal(again.next_batch()[0], halves[0].next_batch()[0])
+
+
+def test_an_unknown_part_or_an_empty_spread_part_is_refused(shards: dict[int, Path]) -> None:
+    with pytest.raises(DataError, match=r"part 'random' is unknown; allowed: leading, spread"):
+        TokenLoader(shards[100], 2, 8, seed=0, fraction=0.5, part="random")
+    with pytest.raises(DataError, match=r"has 12 windows of seq_len 8; a fraction 0.05 of them"):
+        TokenLoader(shards[100], 2, 8, seed=0, fraction=0.05, part="spread")
+
+
 def test_a_fraction_out_of_range_or_too_small_is_refused(shards: dict[int, Path]) -> None:
     for bad in (0.0, 1.5):
         with pytest.raises(DataError, match=r"fraction .* out of range; allowed \(0, 1\]"):

@@ -81,3 +81,32 @@ def test_half_the_data_reads_the_first_half_of_the_train_split(tmp_path, data_ro
         run = MlflowClient(f"sqlite:///{workdir}/mlflow.db").get_run(result.run_id)
         assert run.data.params["data.train_fraction"] == "0.5"
         assert run.data.params["data_train_tokens"] == str(info.n_train_tokens)
+
+
+def test_a_spread_half_reads_windows_across_the_whole_train_split(tmp_path, data_root, reads):
+    """data.train_part=spread: batches from windows over the whole split (trainer=torch and
+    trainer=packed alike), still a pack of one ending where the single cell ends."""
+    from qat.cell import run_cell
+    from qat.pack import run_single
+    from tests.conftest import VOCAB
+
+    info = DatasetInfo.load(data_root / f"bundled-v{VOCAB}")
+    spread = {"train_fraction": 0.5, "train_part": "spread"}
+    (single,) = cell_configs(tmp_path / "single", data_root, "torch", CELL)
+    (member,) = cell_configs(tmp_path / "pack", data_root, "packed", CELL)
+    single, member = (
+        dataclasses.replace(c, data=dataclasses.replace(c.data, **spread)) for c in (single, member)
+    )
+    alone = run_cell(dataclasses.replace(single, trunk="off"))
+    train_reads = [last for size, last in reads if size != info.n_val_tokens]
+    assert {size for size, _ in reads if size != info.n_val_tokens} == {info.n_train_tokens}
+    assert max(train_reads) > 0.6 * info.n_train_tokens  # past the first half
+
+    reads.clear()
+    packed = run_single(member)
+    assert (
+        max(last for size, last in reads if size != info.n_val_tokens) > 0.6 * info.n_train_tokens
+    )
+    assert relative(packed.final_val_loss, alone.final_val_loss) <= TOLERANCE
+    run = MlflowClient(f"sqlite:///{tmp_path}/single/mlflow.db").get_run(alone.run_id)
+    assert run.data.params["data.train_part"] == "spread"

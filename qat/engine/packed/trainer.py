@@ -152,6 +152,7 @@ class PackedTrainer:
                 config.data.seq_len,
                 seed,
                 fraction=config.data.train_fraction,
+                part=config.data.train_part,
             )
             for seed in sorted({lineage.seed for lineage in lineages})
         }
