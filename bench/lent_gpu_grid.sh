@@ -57,6 +57,7 @@ for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 kill "$monitor" 2>/dev/null
 for out in "$OUT"/grid*.out; do echo "== $out"; tail -n 2 "$out"; done
 tar czf "$OUT/inductor_cache.tar.gz" -C "$TORCHINDUCTOR_CACHE_DIR" .
-(cd "$OUT" && tar czf logs.tar.gz logs* grid*.out gpu.csv && rm -rf logs* grid*.out gpu.csv)
+# logs[0-9]*, not logs*: the archive itself is named logs.tar.gz
+(cd "$OUT" && tar czf logs.tar.gz logs[0-9]* grid*.out gpu.csv && rm -rf logs[0-9]* grid*.out gpu.csv)
 gzip -9 "$OUT/mlflow.db"
 exit $status

@@ -141,3 +141,32 @@ def test_a_table_without_formats_to_compare_is_refused_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+def test_the_committed_formats_results_are_rebuilt_from_their_runs_table(tmp_path, monkeypatch):
+    """`make formats-report` on results/formats/runs.csv gives back the committed report's data
+    facts: the grid, every (N, D, format) cell's f* and loss there, the runs' pairwise verdicts
+    and the same plots. The law's values are not compared, as for the repro report: a multi-start
+    fit may land elsewhere with another CPU's floating-point kernels."""
+    root = Path(__file__).resolve().parents[2]
+    committed = root / "results" / "formats"
+    monkeypatch.chdir(root)  # the summary names its source as make passes it
+    assert formats.main(["--runs", "results/formats/runs.csv", "--out", str(tmp_path)]) == 0
+    now = json.loads((tmp_path / "summary.json").read_text())
+    then = json.loads((committed / "summary.json").read_text())
+    assert now["grid"] == then["grid"]
+    exact = ("N", "D_total", "format", "B", "f_star", "censored")
+    assert [[c[k] for k in exact] for c in now["cells"]] == [
+        [c[k] for k in exact] for c in then["cells"]
+    ]
+    losses = [c["loss_star"] for c in now["cells"]]
+    assert losses == pytest.approx([c["loss_star"] for c in then["cells"]], rel=1e-9)
+    verdicts = ("a", "b", "cells", "a_wins", "b_wins", "better", "f_larger", "f_smaller", "f_equal")
+    assert [[p[k] for k in verdicts] for p in now["comparisons"]] == [
+        [p[k] for k in verdicts] for p in then["comparisons"]
+    ]
+    law_now = json.loads((tmp_path / "law.json").read_text())
+    law_then = json.loads((committed / "law.json").read_text())
+    assert law_now.keys() == law_then.keys()
+    plots = sorted(p.name for p in (committed / "plots").iterdir())
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == plots
