@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -104,3 +108,25 @@ def pipelines_grid(
             )
         )
     return pd.concat(parts, ignore_index=True)
+
+
+def rebuild_committed(
+    name: str, main: Callable[[Sequence[str]], int], out: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """Rebuild results/<name> from its committed runs.csv into ``out`` with a report CLI, as
+    `make` runs it (from the repository root, so the summary names its source alike): the new
+    summary.json, the committed one, and the committed folder."""
+    committed = REPO / "results" / name
+    monkeypatch.chdir(REPO)
+    assert main(["--runs", f"results/{name}/runs.csv", "--out", str(out)]) == 0
+    now = json.loads((out / "summary.json").read_text())
+    return now, json.loads((committed / "summary.json").read_text()), committed
+
+
+def same_law_and_plots(out: Path, committed: Path) -> None:
+    """The rebuilt law has the committed law's keys and the plots are the same files."""
+    law_now = json.loads((out / "law.json").read_text())
+    law_then = json.loads((committed / "law.json").read_text())
+    assert law_now.keys() == law_then.keys()
+    plots = sorted(p.name for p in (committed / "plots").iterdir())
+    assert sorted(p.name for p in (out / "plots").iterdir()) == plots

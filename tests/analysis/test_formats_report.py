@@ -22,6 +22,7 @@ from analysis.format_stats import (
 )
 from analysis.law import QAT, FittedLaw
 from analysis.synthetic import format_grid, format_params, qat_grid
+from tests.analysis.helpers import rebuild_committed, same_law_and_plots
 
 # FP4 e2m1 truly worse than INT4 at the same 4 bits, and with a larger optimal QAT fraction: a
 # larger irreducible error and pure QAT penalty (which QAT tokens pay off), a smaller FP/QAT
@@ -148,12 +149,7 @@ def test_the_committed_formats_results_are_rebuilt_from_their_runs_table(tmp_pat
     facts: the grid, every (N, D, format) cell's f* and loss there, the runs' pairwise verdicts
     and the same plots. The law's values are not compared, as for the repro report: a multi-start
     fit may land elsewhere with another CPU's floating-point kernels."""
-    root = Path(__file__).resolve().parents[2]
-    committed = root / "results" / "formats"
-    monkeypatch.chdir(root)  # the summary names its source as make passes it
-    assert formats.main(["--runs", "results/formats/runs.csv", "--out", str(tmp_path)]) == 0
-    now = json.loads((tmp_path / "summary.json").read_text())
-    then = json.loads((committed / "summary.json").read_text())
+    now, then, committed = rebuild_committed("formats", formats.main, tmp_path, monkeypatch)
     assert now["grid"] == then["grid"]
     exact = ("N", "D_total", "format", "B", "f_star", "censored")
     assert [[c[k] for k in exact] for c in now["cells"]] == [
@@ -165,8 +161,4 @@ def test_the_committed_formats_results_are_rebuilt_from_their_runs_table(tmp_pat
     assert [[p[k] for k in verdicts] for p in now["comparisons"]] == [
         [p[k] for k in verdicts] for p in then["comparisons"]
     ]
-    law_now = json.loads((tmp_path / "law.json").read_text())
-    law_then = json.loads((committed / "law.json").read_text())
-    assert law_now.keys() == law_then.keys()
-    plots = sorted(p.name for p in (committed / "plots").iterdir())
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == plots
+    same_law_and_plots(tmp_path, committed)

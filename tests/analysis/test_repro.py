@@ -12,6 +12,7 @@ import pytest
 
 from analysis import repro
 from analysis.synthetic import fused_grid, seeded_grid
+from tests.analysis.helpers import rebuild_committed, same_law_and_plots
 
 GRID = {
     "sizes": (5e7, 1e8, 2e8),
@@ -114,12 +115,7 @@ def test_the_committed_repro_results_are_rebuilt_from_their_runs_table(tmp_path,
     parameters. The law's values are not compared: its multi-start fit of a poorly identified
     law may land elsewhere with another CPU's floating-point kernels. A rerun on one machine
     is byte for byte (test_a_rerun_gives_the_same_bytes)."""
-    root = Path(__file__).resolve().parents[2]
-    committed = root / "results" / "repro"
-    monkeypatch.chdir(root)  # the summary names its source as make passes it
-    assert repro.main(["--runs", "results/repro/runs.csv", "--out", str(tmp_path)]) == 0
-    now = json.loads((tmp_path / "summary.json").read_text())
-    then = json.loads((committed / "summary.json").read_text())
+    now, then, committed = rebuild_committed("repro", repro.main, tmp_path, monkeypatch)
     assert now["grid"] == then["grid"]
     # Sums of the same numbers may round apart in the last bit with another CPU's SIMD width.
     assert now["seed_noise"] == pytest.approx(then["seed_noise"], rel=1e-9)
@@ -131,8 +127,7 @@ def test_the_committed_repro_results_are_rebuilt_from_their_runs_table(tmp_path,
     law_now = json.loads((tmp_path / "law.json").read_text())["params"]
     law_then = json.loads((committed / "law.json").read_text())["params"]
     assert law_now.keys() == law_then.keys()
-    plots = sorted(p.name for p in (committed / "plots").iterdir())
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == plots
+    same_law_and_plots(tmp_path, committed)
 
 
 GAP_SLOPE = 0.02  # nats of train-validation gap per doubling of epochs
