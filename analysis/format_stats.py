@@ -185,6 +185,7 @@ def compare_pair(
                 "f_diff": float(d_f[k]),
             }
         )
+    short = _short_qat(opt, idx, rng, n_boot)
     larger, smaller = int((d_f > 0).sum()), int((d_f < 0).sum())
     differ = larger + smaller
     sign_p = float(binomtest(larger, differ).pvalue) if differ else None
@@ -207,7 +208,40 @@ def compare_pair(
         "f_equal": n - differ,
         "sign_test_p": sign_p,
         "f_differs": _excludes_zero(f_diff),
+        "short_qat": short,
         "per_cell": per_cell,
+    }
+
+
+def _short_qat(
+    opt: CellOptima, idx: np.ndarray, rng: np.random.Generator, n_boot: int
+) -> dict[str, Any]:
+    """What a short QAT phase costs each format, over the paired cells (`idx`, as
+    `_paired_cells` gives them) whose curves start at the same lowest fraction: per cell the
+    relative loss there above the cell's best, P = L(f_low) / L* − 1, for a and b; overall the
+    mean of P_a − P_b with a bootstrap interval over cells and replicates. P_a > P_b: a loses
+    more to too little QAT, so a needs more of it, whether or not f* (censored at the grid's
+    top) can show it."""
+    same = opt.low_frac[idx[:, 0]] == opt.low_frac[idx[:, 1]]
+    idx = idx[same]
+    if not len(idx):
+        return {"cells": 0}
+    p_a, p_b = np.expm1(opt.low_gap[idx[:, 0]]), np.expm1(opt.low_gap[idx[:, 1]])
+    diff_rep = np.expm1(opt.low_gap_reps[idx[:, 0]]) - np.expm1(opt.low_gap_reps[idx[:, 1]])
+    n, n_rep = diff_rep.shape
+    pick_c = rng.integers(0, n, size=(n_boot, n))
+    pick_r = rng.integers(0, n_rep, size=(n_boot, n))
+    diff = percentile_interval(float((p_a - p_b).mean()), diff_rep[pick_c, pick_r].mean(axis=1))
+    fracs = sorted(set(opt.low_frac[idx[:, 0]].tolist()))
+    return {
+        "cells": n,
+        "fractions": fracs,  # the lowest fraction of the compared curves
+        "penalty_a": float(p_a.mean()),
+        "penalty_b": float(p_b.mean()),
+        "diff": diff,  # mean P_a − P_b
+        "a_steeper": int((p_a > p_b).sum()),
+        "b_steeper": int((p_a < p_b).sum()),
+        "differs": _excludes_zero(diff),
     }
 
 

@@ -20,6 +20,9 @@ def _ci(i: dict[str, Any], show: Any = pct) -> str:
     return f"{show(i['value'])}{ci}"
 
 
+_NONE = {"value": None}
+
+
 def _frac(v: float | None) -> str:
     return "–" if v is None else f"{v:+.3f}"
 
@@ -42,6 +45,16 @@ def _f_verdict(c: dict[str, Any]) -> str:
         else ""
     )
     return f"**{c['a']}'s f* is {side}**{weak}"
+
+
+def _short_verdict(c: dict[str, Any]) -> str:
+    short = c["short_qat"]
+    if not short["cells"]:
+        return "not compared (no cells with the same lowest fraction)"
+    if not short["differs"]:
+        return "no difference shown"
+    steeper = c["a"] if short["diff"]["value"] > 0 else c["b"]
+    return f"**{steeper} loses more to a short QAT phase**"
 
 
 def md_header(s: dict[str, Any]) -> list[str]:
@@ -78,7 +91,8 @@ def md_in_short(s: dict[str, Any]) -> list[str]:
         lines.append(
             f"- {c['a']} vs {c['b']} ({bits_key(c['B_a'])} bits per weight, {c['cells']} "
             f"cells): loss at f* {_loss_verdict(c)} (gap {_ci(c['loss_gap'])}); f*: "
-            f"{_f_verdict(c)} (f*_a − f*_b {_ci(c['f_diff'], _frac)})"
+            f"{_f_verdict(c)} (f*_a − f*_b {_ci(c['f_diff'], _frac)}); a short QAT phase: "
+            f"{_short_verdict(c)} (P_a − P_b {_ci(c['short_qat'].get('diff', _NONE))})"
         )
     em = s["equal_memory"]
     if em.get("available", True):
@@ -164,6 +178,7 @@ def md_f_star(s: dict[str, Any]) -> list[str]:
         ["pair", "cells", "f*_a − f*_b [95%]", "a larger / smaller / equal", "sign test p", ""],
         rows,
     )
+    lines += md_short_qat(s)
     cell_rows = [
         [
             f"{c['N']:.3g}",
@@ -183,6 +198,49 @@ def md_f_star(s: dict[str, Any]) -> list[str]:
         cell_rows,
     )
     return lines
+
+
+def md_short_qat(s: dict[str, Any]) -> list[str]:
+    """What a short QAT phase costs each format of a pair: the answer f* cannot give where it
+    sits at the grid's top fraction."""
+    rows = []
+    for c in s["comparisons"]:
+        short = c["short_qat"]
+        if not short["cells"]:
+            continue
+        rows.append(
+            [
+                f"{c['a']} vs {c['b']}",
+                str(short["cells"]),
+                ", ".join(f"{f:g}" for f in short["fractions"]),
+                f"{pct(short['penalty_a'])} / {pct(short['penalty_b'])}",
+                _ci(short["diff"]),
+                f"{short['a_steeper']} / {short['b_steeper']}",
+                _short_verdict(c),
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        "Where f* sits at the grid's top fraction it cannot tell formats apart, but the curve "
+        "still can: P = L(f_low) / L* − 1 is what the grid's lowest QAT fraction f_low costs "
+        "against the cell's best. A format that needs more QAT loses more to a short QAT phase. "
+        "Per pair, the mean of P_a − P_b over the cells both have (same f_low), bootstrapped "
+        "over cells and replicates.",
+        "",
+        *table(
+            [
+                "pair",
+                "cells",
+                "f_low",
+                "P a / b (mean)",
+                "P_a − P_b [95%]",
+                "a / b steeper",
+                "",
+            ],
+            rows,
+        ),
+    ]
 
 
 def md_law(s: dict[str, Any]) -> list[str]:

@@ -40,13 +40,21 @@ class CellOptima:
     """Per cell: its key columns (N, D_total, B and what else tells cells apart), S_total,
     n_fracs, n_seeds, f_star, f_lo, f_hi, censored ("low", "high" or ""), loss_star, method;
     `f_reps`/`log_loss_reps`: (cells, n_rep) replicate f* and log-loss at f*; `noise`: the
-    relative noise the single-seed cells were perturbed with, and where from."""
+    relative noise the single-seed cells were perturbed with, and where from.
+
+    `low_frac`, `low_gap` (cells,) and `low_gap_reps` (cells, n_rep): each curve's lowest
+    fraction and its log-loss there above the curve's minimum, what a short QAT phase costs.
+    It tells curves apart where f* cannot: at the grid's top fraction f* is censored, but a
+    curve that needs more QAT still rises more steeply towards few QAT tokens."""
 
     cells: pd.DataFrame
     f_reps: np.ndarray
     log_loss_reps: np.ndarray
     noise: float
     noise_source: str
+    low_frac: np.ndarray
+    low_gap: np.ndarray
+    low_gap_reps: np.ndarray
 
 
 def quadratic_noise(curves: dict[Any, pd.DataFrame]) -> tuple[float, int]:
@@ -135,7 +143,7 @@ def curve_optima(
     sigma, source = curve_noise(curves)
     rng = np.random.default_rng(seed)
     q = (1 - CI_LEVEL) / 2
-    rows, f_reps, l_reps = [], [], []
+    rows, f_reps, l_reps, low_frac, low_gap, low_reps = [], [], [], [], [], []
     for key, c in curves.items():
         r = curve_replicates(c, sigma, rng, n_rep)
         f_rep = r.fracs[np.argmin(r.replicates, axis=1)]
@@ -157,6 +165,10 @@ def curve_optima(
         )
         f_reps.append(f_rep)
         l_reps.append(r.replicates.min(axis=1))
+        low = int(np.argmin(r.fracs))
+        low_frac.append(float(r.fracs[low]))
+        low_gap.append(float(r.centre[low] - r.centre[i]))
+        low_reps.append(r.replicates[:, low] - r.replicates.min(axis=1))
     shape = (len(rows), n_rep)
     return CellOptima(
         pd.DataFrame(rows),
@@ -164,6 +176,9 @@ def curve_optima(
         np.array(l_reps).reshape(shape),
         sigma,
         source,
+        np.array(low_frac, dtype=float),
+        np.array(low_gap, dtype=float),
+        np.array(low_reps).reshape(shape),
     )
 
 
@@ -183,7 +198,14 @@ def subset(optima: CellOptima, keep: pd.Series) -> CellOptima:
     mask = keep.to_numpy(dtype=bool)
     cells = optima.cells[mask].reset_index(drop=True)
     return CellOptima(
-        cells, optima.f_reps[mask], optima.log_loss_reps[mask], optima.noise, optima.noise_source
+        cells,
+        optima.f_reps[mask],
+        optima.log_loss_reps[mask],
+        optima.noise,
+        optima.noise_source,
+        optima.low_frac[mask],
+        optima.low_gap[mask],
+        optima.low_gap_reps[mask],
     )
 
 

@@ -74,6 +74,32 @@ def test_the_report_finds_the_worse_format_and_the_direction_of_its_f_star(optim
     assert same["better"] is None and not same["f_differs"]
 
 
+def test_a_short_qat_phase_tells_formats_apart_where_f_star_cannot():
+    """Fractions all below both formats' optima: f* sits at the grid's top fraction for every
+    cell and cannot tell INT4 from FP4, but what the lowest fraction costs each format against
+    its best still shows which needs more QAT, as the hidden law says."""
+    low = (0.02, 0.05, 0.1)
+    grid = format_grid(FACTORS, **AXES, fractions=low, noise=3e-4, seed=2)
+    opt = format_optima(format_rows(prepare(grid)))
+    pair = opt.cells[opt.cells.label.isin(["int4", "fp4_e2m1"])]
+    assert (pair.censored == "high").all()
+    c = compare_pair(opt, "int4", "fp4_e2m1")
+    assert not c["f_differs"] and c["f_equal"] == c["cells"]
+
+    short = c["short_qat"]
+    assert short["fractions"] == [0.02] and short["cells"] == c["cells"]
+    assert short["differs"] and short["diff"]["hi"] < 0 and short["b_steeper"] == short["cells"]
+    cells = [(n, d) for n in AXES["sizes"] for d in (r * n for r in AXES["tokens_per_param"])]
+
+    def true_penalty(fmt: str) -> float:
+        losses = [predict.loss_at(HIDDEN, n, d, 4.0, low, fmt) for n, d in cells]
+        return sum(v[0] / v.min() - 1 for v in losses) / len(cells)
+
+    truth = true_penalty("int") - true_penalty("fp4_e2m1")
+    assert short["diff"]["lo"] < truth < short["diff"]["hi"]
+    assert not compare_pair(opt, "int8", "fp8_e4m3")["short_qat"]["differs"]
+
+
 def test_formats_of_other_bits_per_weight_meet_at_equal_memory(optima):
     """MXFP4 stores 4.25 bits per weight: at the memory of an N-parameter INT4 model it has
     N·4/4.25 parameters and, at the same compute, D·4.25/4 tokens."""
