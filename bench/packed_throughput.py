@@ -7,13 +7,18 @@ at the largest K.
 
 ``grid``: one set of cells trained (a) by ``python -m qat.node_grid`` as today (trainer=torch,
 8 workers, FP trunks shared through the trunk store) and (b) packed (trainer=packed, one
-worker), each into its own MLflow store: cell-tokens/s = the tokens of the cells FINISHED /
-wall time of the command. The cells are one sub-grid as the repro grid has them: per model, one
-budget (16M tokens, 20 tokens per parameter of mini-s), FP and bits 1/2/4/6 at 8 QAT fractions
-(33 cells).
+worker), each into its own MLflow store and run folders, each side stopped by ``--deadline``
+where it would not end in time. cell-tokens/s = the budget tokens the cells reached / wall time
+of the command: a FINISHED cell counts its whole budget (its trunk prefix included, on both
+sides), a stopped one the tokens its metrics.jsonl last logged, as node_grid's own grid line
+counts them; so a side stopped by the deadline is measured too, not only its finished cells
+(also reported). The cells are sub-grids as the repro grid has them: per model and budget
+(``--tokens``, default 16M: 20 tokens per parameter of mini-s) and seed, FP and bits 1/2/4/6 at
+8 QAT fractions (33 cells).
 
     python bench/packed_throughput.py step --out bench/results/packed_step.json
     python bench/packed_throughput.py grid --out bench/results/packed_grid.json
+    python bench/packed_throughput.py grid --tokens 16M 64M --deadline 270 --out ...
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ sys.path.insert(0, str(REPO))
 
 SHAPE_OVERRIDES = ["data=bundled-large", "data.seq_len=256", "data.batch_size=64"]
 GRID_CELLS = {
-    "tokens": "16M",
     "bits": "16,1,2,4,6",
     "qat_frac": "0.05,0.1,0.2,0.35,0.5,0.65,0.8,0.9",
     "fusion": "false",
@@ -156,23 +160,43 @@ def run_step(args: argparse.Namespace) -> dict:
     return {"step": results, "profile": profile}
 
 
-def _node_grid(workdir: Path, models: list[str], extra: list[str], deadline: float) -> dict:
+def grid_overrides(models: list[str], tokens: list[str], seeds: list[int]) -> list[str]:
+    """The bench grid's Hydra overrides: every model × budget × seed × the repro sub-grid."""
+    sweep = [
+        f"model={','.join(models)}",
+        f"tokens={','.join(tokens)}",
+        f"seed={','.join(map(str, seeds))}",
+    ]
+    return [*SHAPE_OVERRIDES, *sweep, *(f"{key}={value}" for key, value in GRID_CELLS.items())]
+
+
+def cell_tokens_reached(overrides: list[str], run_dir: Path) -> tuple[int, int]:
+    """(budget tokens the grid's cells reached, cells finished), read from their run folders
+    as node_grid's grid line reads them: a finished cell its budget, any other its last logged
+    token count."""
+    from qat.orchestration.grid import expand_grid
+    from qat.orchestration.grid_watch import GridWatch
+
+    counts = GridWatch(expand_grid([*overrides, f"run_dir={run_dir}"])).counts()
+    return counts.tokens_done, counts.finished
+
+
+def _node_grid(
+    workdir: Path, overrides: list[str], options: list[str], deadline: float, gpus: int = 1
+) -> dict:
     env = dict(
         os.environ,
         QAT_RUN_DIR=str(workdir / "runs"),
         MLFLOW_TRACKING_URI=f"sqlite:///{workdir}/mlflow.db",
     )
-    sweep = [f"model={','.join(models)}"]
-    sweep += [f"{key}={value}" for key, value in GRID_CELLS.items()]
     command = [
         sys.executable,
         "-m",
         "qat.node_grid",
-        *SHAPE_OVERRIDES,
-        *sweep,
-        *extra,
+        *overrides,
+        *options,
         "--gpus",
-        "1",
+        str(gpus),
         "--deadline",
         str(deadline),
         "--log-dir",
@@ -191,27 +215,29 @@ def _node_grid(workdir: Path, models: list[str], extra: list[str], deadline: flo
         if r.info.status == "FINISHED"
     ]
     tokens = sum(int(r.data.params["tokens_total"]) for r in finished)
+    reached, _ = cell_tokens_reached(overrides, workdir / "runs")
     print(proc.stdout[-1500:], proc.stderr[-1500:], flush=True)
     return {
         "command": " ".join(command[1:]),
-        "returncode": proc.returncode,
+        "returncode": proc.returncode,  # 3: stopped by the deadline
         "wall_s": round(wall, 1),
         "cells_finished": len(finished),
-        "cell_tokens": tokens,
-        "cell_tokens_per_s": round(tokens / wall),
+        "finished_cell_tokens": tokens,
+        "finished_cell_tokens_per_s": round(tokens / wall),
+        "cell_tokens": reached,
+        "cell_tokens_per_s": round(reached / wall),
     }
 
 
 def run_grid(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="packed-bench-"))
     # compiled: the packed step's element-wise parts fused (eager is about half the speed)
-    packed_overrides = ["trainer=packed", "trainer.compile=true", *args.extra]
-    models = args.models or GRID_MODELS
-    packed = _node_grid(root / "packed", models, packed_overrides, args.deadline)
-    print("packed", packed, flush=True)
-    today = _node_grid(
-        root / "torch", models, ["--workers-per-gpu", "8", *args.extra], args.deadline
+    cells = [*grid_overrides(args.models or GRID_MODELS, args.tokens, args.seeds), *args.extra]
+    packed = _node_grid(
+        root / "packed", [*cells, "trainer=packed", "trainer.compile=true"], [], args.deadline
     )
+    print("packed", packed, flush=True)
+    today = _node_grid(root / "torch", cells, ["--workers-per-gpu", "8"], args.deadline)
     print("node_grid", today, flush=True)
     return {
         "packed": packed,
@@ -230,6 +256,8 @@ def main() -> None:
     parser.add_argument("--members", nargs="+", type=int, default=[1, 4, 16, 32, 64])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--deadline", type=float, default=280.0, help="seconds per side")
+    parser.add_argument("--tokens", nargs="+", default=["16M"], help="grid: budgets per cell")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="grid: seeds")
     parser.add_argument("--extra", nargs="*", default=[], help="Hydra overrides for every cell")
     args = parser.parse_args()
     results = run_step(args) if args.mode == "step" else run_grid(args)
