@@ -17,6 +17,8 @@ counts them; so a side stopped by the deadline is measured too, not only its fin
 8 QAT fractions (33 cells).
 
     python bench/packed_throughput.py step --out bench/results/packed_step.json
+    python bench/packed_throughput.py step --models mini-s --members 32 \
+        --formats int fp4_e2m1 mxfp4 nvfp4 --extra trainer.compile=true --out ...
     python bench/packed_throughput.py grid --out bench/results/packed_grid.json
     python bench/packed_throughput.py grid --tokens 16M 64M --deadline 270 --out ...
 """
@@ -48,13 +50,18 @@ STEP_MODELS = ["mini-s", "mini-l"]
 GRID_MODELS = ["mini-s"]
 
 
-def _member_configs(model: str, members: int, extra: list[str]) -> list:
-    """``members`` cells of one shape: QAT fractions spread over (0, 1), bits 2 and 4."""
+def _member_configs(model: str, members: int, extra: list[str], fmt: str | None = None) -> list:
+    """``members`` cells of one shape: QAT fractions spread over (0, 1), integer bits 2 and 4,
+    or all of format ``fmt`` at its element's bits (4 for ``int``)."""
     from qat.orchestration.grid import expand_grid
+    from qat.quant.formats import element_bits
 
     fracs = ",".join(f"{0.05 + 0.9 * i / members:.4f}" for i in range(members))
     overrides = [f"model={model}", *SHAPE_OVERRIDES, "trainer=packed", "tokens=200M", *extra]
-    cells = expand_grid(overrides, sweeper_params={"qat_frac": fracs, "bits": "2,4"})
+    bits = "2,4" if fmt is None else "4" if fmt == "int" else str(element_bits(fmt))
+    if fmt is not None:
+        overrides.append(f"quant.format={fmt}")
+    cells = expand_grid(overrides, sweeper_params={"qat_frac": fracs, "bits": bits})
     return list({c.run_key: c for c in cells}.values())[:members]
 
 
@@ -101,14 +108,17 @@ def median_step_seconds(trainer, steps: int, warmup: int = 5, windows: int = 5) 
     return statistics.median(times)
 
 
-def step_throughput(model: str, members: int, steps: int, extra: list[str]) -> dict:
+def step_throughput(
+    model: str, members: int, steps: int, extra: list[str], fmt: str | None = None
+) -> dict:
     from qat.cell import load_data
 
-    configs = _member_configs(model, members, extra)
+    configs = _member_configs(model, members, extra, fmt)
     trainer = steady_qat_trainer(configs, load_data(configs[0]))
     step_s = median_step_seconds(trainer, steps)
     return {
         "model": model,
+        "format": fmt or "int2,int4",
         "members": len(trainer.rows),
         "step_ms": round(1000 * step_s, 2),
         "cell_tokens_per_s": round(trainer.tokens_per_step * len(trainer.rows) / step_s),
@@ -144,16 +154,17 @@ def run_step(args: argparse.Namespace) -> dict:
     results = []
     last = None
     for model in args.models or STEP_MODELS:
-        for members in args.members:
-            torch.cuda.empty_cache()
-            try:
-                result = step_throughput(model, members, args.steps, args.extra)
-            except torch.OutOfMemoryError:
-                print(f"{model} K={members}: out of memory", flush=True)
-                break
-            last = result.pop("trainer")
-            print(result, flush=True)
-            results.append(result)
+        for fmt in args.formats or [None]:
+            for members in args.members:
+                torch.cuda.empty_cache()
+                try:
+                    result = step_throughput(model, members, args.steps, args.extra, fmt)
+                except torch.OutOfMemoryError:
+                    print(f"{model} {fmt or 'int'} K={members}: out of memory", flush=True)
+                    break
+                last = result.pop("trainer")
+                print(result, flush=True)
+                results.append(result)
     profile = profile_step(last) if last is not None else []
     for row in profile:
         print(row)
@@ -255,6 +266,11 @@ def main() -> None:
     )
     parser.add_argument("--members", nargs="+", type=int, default=[1, 4, 16, 32, 64])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        help="step: one run per quant.format, every member of it (default: integer 2 and 4 bits)",
+    )
     parser.add_argument("--deadline", type=float, default=280.0, help="seconds per side")
     parser.add_argument("--tokens", nargs="+", default=["16M"], help="grid: budgets per cell")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="grid: seeds")
