@@ -20,7 +20,7 @@ counts them; so a side stopped by the deadline is measured too, not only its fin
     python bench/packed_throughput.py step --models mini-s --members 32 \
         --formats int fp4_e2m1 mxfp4 nvfp4 --extra trainer.compile=true --out ...
     python bench/packed_throughput.py grid --out bench/results/packed_grid.json
-    python bench/packed_throughput.py grid --tokens 16M 64M --deadline 270 --out ...
+    python bench/packed_throughput.py grid --tokens 16M 64M --deadline 250 --out ...
 """
 
 from __future__ import annotations
@@ -181,20 +181,17 @@ def grid_overrides(models: list[str], tokens: list[str], seeds: list[int]) -> li
     return [*SHAPE_OVERRIDES, *sweep, *(f"{key}={value}" for key, value in GRID_CELLS.items())]
 
 
-def cell_tokens_reached(overrides: list[str], run_dir: Path) -> tuple[int, int]:
-    """(budget tokens the grid's cells reached, cells finished), read from their run folders
-    as node_grid's grid line reads them: a finished cell its budget, any other its last logged
-    token count."""
+def cell_tokens_reached(overrides: list[str], run_dir: Path) -> int:
+    """Budget tokens the grid's cells reached, read from their run folders as node_grid's grid
+    line reads them: a finished cell its budget, any other its last logged token count."""
     from qat.orchestration.grid import expand_grid
     from qat.orchestration.grid_watch import GridWatch
 
     counts = GridWatch(expand_grid([*overrides, f"run_dir={run_dir}"])).counts()
-    return counts.tokens_done, counts.finished
+    return counts.tokens_done
 
 
-def _node_grid(
-    workdir: Path, overrides: list[str], options: list[str], deadline: float, gpus: int = 1
-) -> dict:
+def _node_grid(workdir: Path, overrides: list[str], options: list[str], deadline: float) -> dict:
     env = dict(
         os.environ,
         QAT_RUN_DIR=str(workdir / "runs"),
@@ -207,7 +204,7 @@ def _node_grid(
         *overrides,
         *options,
         "--gpus",
-        str(gpus),
+        "1",
         "--deadline",
         str(deadline),
         "--log-dir",
@@ -226,7 +223,7 @@ def _node_grid(
         if r.info.status == "FINISHED"
     ]
     tokens = sum(int(r.data.params["tokens_total"]) for r in finished)
-    reached, _ = cell_tokens_reached(overrides, workdir / "runs")
+    reached = cell_tokens_reached(overrides, workdir / "runs")
     print(proc.stdout[-1500:], proc.stderr[-1500:], flush=True)
     return {
         "command": " ".join(command[1:]),
