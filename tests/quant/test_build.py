@@ -1,4 +1,5 @@
-"""The extension's cache key, without a GPU: any edit to a compiled source or header rebuilds."""
+"""The extension's cache, without a GPU: any edit to a compiled source or header rebuilds, and a
+build already in the cache is imported without nvcc."""
 
 import fnmatch
 import shutil
@@ -27,3 +28,35 @@ def test_every_kernel_file_ships_with_the_package():
     patterns = pyproject["tool"]["setuptools"]["package-data"]["qat.quant.kernels"]
     for name in build.SOURCES + build.HEADERS:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
+
+
+def test_a_cached_build_is_imported_without_nvcc(tmp_path, monkeypatch):
+    monkeypatch.setenv("QAT_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0a")
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    seen = []
+    cached = object()
+
+    def load_cached(directory: Path, name: str):
+        seen.append((directory, name))
+        return cached
+
+    monkeypatch.setattr(build, "load_cached", load_cached)
+    assert build._build() is cached
+    key = build.build_key()
+    assert seen == [(tmp_path / key, f"qat_fake_quant_{key[:16]}")]
+
+
+def test_without_a_cached_build_nvcc_is_needed(tmp_path, monkeypatch):
+    monkeypatch.setenv("QAT_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0a")
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    with pytest.raises(build.KernelBuildError, match="needs nvcc"):
+        build._build()
+
+
+def test_a_missing_or_broken_library_is_built_again(tmp_path):
+    assert build.load_cached(tmp_path, "qat_fake_quant_x") is None
+    # a link cut short: not an ELF file
+    (tmp_path / "qat_fake_quant_x.so").write_bytes(b"\x7fELF truncated")
+    assert build.load_cached(tmp_path, "qat_fake_quant_x") is None

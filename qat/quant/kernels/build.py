@@ -2,13 +2,15 @@
 
 The key holds a hash of the sources, the GPU architectures built for and the torch and CUDA
 versions, so an edit, another GPU or another torch gets its own build and an unchanged one is
-only loaded. Nothing here runs at import: torch.utils.cpp_extension (slow to import) and nvcc are
-run only when the first CUDA tensor goes through the kernel.
+only imported (from a cache carried to a fresh checkout too, even where nvcc is missing).
+Nothing here runs at import: torch.utils.cpp_extension (slow to import) and nvcc are run only
+when the first CUDA tensor goes through the kernel.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 import shutil
@@ -82,7 +84,38 @@ def build_key() -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", key)
 
 
+def _extension_name(key: str) -> str:
+    # The hash in the name keeps two builds from clashing in one process.
+    return f"qat_fake_quant_{key[:16]}"
+
+
+def load_cached(directory: Path, name: str) -> FakeQuantExtension | None:
+    """The extension already built in ``directory``, imported without nvcc or ninja; None if
+    there is none or it does not load (a link cut short: then it is built again).
+
+    cpp_extension.load would also load it, but only after ninja has compared timestamps, and a
+    fresh checkout (a new clone on a cluster, a copy on a lent machine) makes every source look
+    newer than the build: the key already says the sources are the same."""
+    library = directory / f"{name}.so"
+    if not library.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(name, library)
+    if spec is None or spec.loader is None:
+        return None
+    try:  # an extension module is opened (dlopen) when created
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError:
+        return None
+    return module
+
+
 def _build() -> FakeQuantExtension:
+    key = build_key()
+    directory = cache_root() / key
+    cached = load_cached(directory, _extension_name(key))
+    if cached is not None:
+        return cached
     if find_nvcc() is None:
         raise KernelBuildError(
             "kernel='cuda' needs nvcc to build its extension and none was found "
@@ -90,13 +123,10 @@ def _build() -> FakeQuantExtension:
         )
     from torch.utils import cpp_extension
 
-    key = build_key()
-    directory = cache_root() / key
     directory.mkdir(parents=True, exist_ok=True)
     try:
         return cpp_extension.load(
-            # The hash in the name keeps two builds from clashing in one process.
-            name=f"qat_fake_quant_{key[:16]}",
+            name=_extension_name(key),
             sources=[str(_HERE / name) for name in SOURCES],
             build_directory=str(directory),
             extra_cflags=["-O3"],
