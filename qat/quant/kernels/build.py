@@ -91,7 +91,8 @@ def _extension_name(key: str) -> str:
 
 def load_cached(directory: Path, name: str) -> FakeQuantExtension | None:
     """The extension already built in ``directory``, imported without nvcc or ninja; None if
-    there is none or it does not load (a link cut short: then it is built again).
+    there is none or it does not load (a link cut short), and cpp_extension.load takes over as
+    it would without a cache (where it cannot load it either: KernelBuildError, one line).
 
     cpp_extension.load would also load it, but only after ninja has compared timestamps, and a
     fresh checkout (a new clone on a cluster, a copy on a lent machine) makes every source look
